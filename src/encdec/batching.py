@@ -1,0 +1,91 @@
+"""From sentences to padded tensors: numericalisation, length-bucketed batches, padding."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from encdec.vocab import Vocab
+
+Example = tuple[list[int], list[int]]  # (source ids, target ids with <sos> ... <eos>)
+
+
+def numericalize(
+    src_tokens: list[str], trg_tokens: list[str], src_vocab: Vocab, trg_vocab: Vocab,
+    reverse_src: bool,
+) -> Example:
+    """Token lists -> id lists; the source is optionally reversed, both get <sos> and <eos>."""
+    if reverse_src:
+        src_tokens = src_tokens[::-1]
+    src = [src_vocab.sos_idx, *src_vocab.encode(src_tokens), src_vocab.eos_idx]
+    trg = [trg_vocab.sos_idx, *trg_vocab.encode(trg_tokens), trg_vocab.eos_idx]
+    return src, trg
+
+
+@dataclass
+class Batch:
+    src: torch.Tensor  # (S, B) source ids, time-major like the textbook
+    src_lengths: torch.Tensor  # (B,) on the CPU, as pack_padded_sequence wants
+    trg: torch.Tensor  # (T, B) target ids, <sos> first
+    n_target_tokens: int  # tokens the loss is computed on: non-padding positions after <sos>
+    indices: list[int]  # positions of these examples in the dataset
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(
+            self.src.to(device), self.src_lengths, self.trg.to(device),
+            self.n_target_tokens, self.indices,
+        )
+
+
+def pad(sequences: Sequence[list[int]], pad_idx: int) -> torch.Tensor:
+    """Stack id lists into a (max_len, B) tensor filled with `pad_idx` after each sequence."""
+    padded = torch.full((max(map(len, sequences)), len(sequences)), pad_idx, dtype=torch.long)
+    for column, sequence in enumerate(sequences):
+        padded[: len(sequence), column] = torch.tensor(sequence, dtype=torch.long)
+    return padded
+
+
+def collate(examples: Sequence[Example], indices: list[int], pad_idx: int) -> Batch:
+    """Pad the chosen examples into one Batch."""
+    src = [examples[i][0] for i in indices]
+    trg = [examples[i][1] for i in indices]
+    src_lengths = torch.tensor([len(s) for s in src], dtype=torch.long)
+    n_target_tokens = sum(len(t) - 1 for t in trg)
+    return Batch(pad(src, pad_idx), src_lengths, pad(trg, pad_idx), n_target_tokens, indices)
+
+
+def bucket_batches(
+    examples: Sequence[Example], batch_size: int, pool_batches: int, rng: random.Random | None,
+) -> list[list[int]]:
+    """Group example indices into batches of similar length to cut padding.
+
+    The examples are shuffled (when `rng` is given), cut into pools of `pool_batches` batches,
+    each pool sorted by length and sliced into batches, and the batch order shuffled again.
+    `pool_batches=1` gives plain random batches; `rng=None` keeps the data order (evaluation).
+    """
+    order = list(range(len(examples)))
+    if rng is not None:
+        rng.shuffle(order)
+    pool_size = batch_size * pool_batches
+    batches = []
+    for start in range(0, len(order), pool_size):
+        pool = sorted(order[start : start + pool_size],
+                      key=lambda i: (len(examples[i][0]), len(examples[i][1])))
+        batches += [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
+    if rng is not None:
+        rng.shuffle(batches)
+    return batches
+
+
+def padding_fraction(examples: Sequence[Example], batches: Sequence[list[int]]) -> float:
+    """Share of source and target positions in the padded tensors that are padding."""
+    real = padded = 0
+    for batch in batches:
+        for side in (0, 1):
+            lengths = [len(examples[i][side]) for i in batch]
+            real += sum(lengths)
+            padded += max(lengths) * len(lengths)
+    return 1 - real / padded if padded else 0.0

@@ -1,0 +1,221 @@
+"""The `encdec` command: one verb per job; a user's mistake becomes one clear line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from encdec import data
+from encdec.config import from_dict, load_config
+from encdec.errors import EncdecError
+
+EXAMPLES = {
+    "train": "encdec train --config configs/multi30k_seed.yaml --data-dir ../shared/data/multi30k "
+             "--out runs/seed",
+    "translate": 'echo "Ein Mann fährt Fahrrad." | encdec translate runs/seed/best.pt',
+    "evaluate": "encdec evaluate runs/seed/best.pt --split test --json",
+    "data-stats": "encdec data-stats --data-dir ../shared/data/multi30k --src de --trg en",
+    "demo": "encdec demo",
+    "download": "encdec download --langs de en",
+}
+
+# The demo: a tiny English->Spanish model that memorises the embedded phrase list in seconds.
+DEMO_CONFIG = {
+    "data": {"dataset": "toy", "src_lang": "en", "trg_lang": "es", "min_freq": 1},
+    "model": {"embedding_dim": 64, "hidden_dim": 128, "num_layers": 2, "dropout": 0.0},
+    "training": {"epochs": 40, "batch_size": 16, "lr": 0.005, "teacher_forcing_ratio": 1.0},
+    "decoding": {"max_len": 10},
+}
+DEMO_SENTENCES = ["good morning", "thank you very much", "i am hungry", "see you tomorrow",
+                  "let's go"]
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config file (see docs/config.md); defaults if left out")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value, e.g. --set training.lr=0.0005 (repeatable)")
+    parser.add_argument("--data-dir", help="folder holding the Multi30k .gz files "
+                        "(default: $ENCDEC_DATA, then the download cache)")
+
+
+def _config_from_args(args: argparse.Namespace, extra_overrides: tuple[str, ...] = ()):
+    overrides = [*args.set, *extra_overrides]
+    if args.data_dir:
+        overrides.append(f"data.data_dir={args.data_dir}")
+    for key in ("epochs", "max_steps"):
+        if getattr(args, key, None) is not None:
+            overrides.append(f"training.{key}={getattr(args, key)}")
+    return load_config(args.config, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from encdec.training import train
+
+    train(_config_from_args(args), args.out, quiet=args.quiet)
+
+
+def cmd_translate(args: argparse.Namespace) -> None:
+    from encdec.translator import Translator
+
+    translator = Translator.load(args.checkpoint)
+    source = data.read_lines(args.input) if args.input else sys.stdin.read().splitlines()
+    translations = translator.translate(source, max_len=args.max_len,
+                                        temperature=args.temperature, seed=args.seed)
+    text = "".join(line + "\n" for line in translations)
+    if args.output:
+        _write_atomically(Path(args.output), text)
+    else:
+        sys.stdout.write(text)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from encdec.corpus import read_splits
+    from encdec.translator import Translator
+
+    translator = Translator.load(args.checkpoint)
+    if args.src and args.ref:
+        pairs = data.read_parallel(args.src, args.ref)
+    else:
+        data_config = translator.config.data
+        if args.data_dir:
+            data_config.data_dir = args.data_dir
+        pairs = read_splits(data_config).get(args.split)
+        if pairs is None:
+            raise EncdecError(f"the checkpoint's data config names no '{args.split}' split")
+    scores = translator.evaluate(pairs)
+    if args.json:
+        print(json.dumps(scores))
+    else:
+        print(f"{args.split if not args.src else args.src}: loss {scores['loss']:.3f} | "
+              f"ppl {scores['ppl']:.2f} | BLEU {scores['bleu']:.2f} | "
+              f"BLEU (tokenized) {scores['bleu_tok']:.2f}")
+
+
+def cmd_data_stats(args: argparse.Namespace) -> None:
+    from encdec.corpus import build_corpus
+
+    options = {"src_lang": args.src, "trg_lang": args.trg, "min_freq": args.min_freq}
+    config = _config_from_args(args, tuple(
+        f"data.{key}={value}" for key, value in options.items() if value is not None))
+    corpus = build_corpus(config.data)
+    stats = {split: len(examples) for split, examples in corpus.examples.items()}
+    stats |= {"src_vocab": len(corpus.src_vocab), "trg_vocab": len(corpus.trg_vocab)}
+    for side, name in ((0, "src"), (1, "trg")):
+        lengths = [len(example[side]) - 2 for example in corpus.examples["train"]]
+        stats[f"train_{name}_mean_len"] = round(sum(lengths) / len(lengths), 2)
+        stats[f"train_{name}_max_len"] = max(lengths)
+    if args.json:
+        print(json.dumps(stats))
+    else:
+        print(f"{config.data.src_lang} -> {config.data.trg_lang}, min_freq {config.data.min_freq}")
+        for key, value in stats.items():
+            print(f"  {key:<20} {value:>10,}" if isinstance(value, int) else
+                  f"  {key:<20} {value:>10}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from encdec.training import train
+    from encdec.translator import Translator
+
+    config = from_dict(DEMO_CONFIG)
+    with tempfile.TemporaryDirectory() as scratch:
+        out_dir = Path(args.out or scratch)
+        print("training a tiny English->Spanish model on the embedded phrase list...")
+        train(config, out_dir, quiet=True)
+        translator = Translator.load(out_dir / "best.pt")
+        for sentence, translation in zip(DEMO_SENTENCES, translator.translate(DEMO_SENTENCES)):
+            print(f"{sentence:>22} -> {translation}")
+        print(translator.translate(["let's go"])[0])
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    for path in data.download_multi30k(args.langs):
+        print(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="encdec", description="Recurrent encoder-decoder models for machine translation.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, help_text: str, handler) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, help=help_text, description=help_text,
+                               epilog=f"example: {EXAMPLES[name]}",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    train_parser = verb("train", "train a model from a config", cmd_train)
+    _add_config_options(train_parser)
+    train_parser.add_argument("--out", required=True, help="run directory for checkpoints and logs")
+    train_parser.add_argument("--epochs", type=int, help="override training.epochs")
+    train_parser.add_argument("--max-steps", type=int,
+                              help="end each epoch after this many batches (smoke tests)")
+    train_parser.add_argument("--quiet", action="store_true", help="log to train.log only")
+
+    translate_parser = verb("translate", "translate sentences (stdin or --input), one per line",
+                            cmd_translate)
+    translate_parser.add_argument("checkpoint", help="a best.pt written by encdec train")
+    translate_parser.add_argument("--input", help="file of sentences (default: stdin)")
+    translate_parser.add_argument("--output", help="write here (atomically) instead of stdout")
+    translate_parser.add_argument("--max-len", type=int, help="most tokens per translation")
+    translate_parser.add_argument("--temperature", type=float,
+                                  help="0 = greedy; above 0 samples from the softmax")
+    translate_parser.add_argument("--seed", type=int, help="random seed for sampling")
+
+    evaluate_parser = verb("evaluate", "loss, perplexity and BLEU of a checkpoint", cmd_evaluate)
+    evaluate_parser.add_argument("checkpoint", help="a best.pt written by encdec train")
+    evaluate_parser.add_argument("--split", default="test", choices=data.SPLITS)
+    evaluate_parser.add_argument("--data-dir", help="Multi30k folder (default: as trained)")
+    evaluate_parser.add_argument("--src", help="source file to score instead of a split")
+    evaluate_parser.add_argument("--ref", help="reference translations of --src")
+    evaluate_parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+    stats_parser = verb("data-stats", "sizes of a corpus's splits and vocabularies",
+                        cmd_data_stats)
+    _add_config_options(stats_parser)
+    stats_parser.add_argument("--src", help="source language (de, en, fr, cs)")
+    stats_parser.add_argument("--trg", help="target language (de, en, fr, cs)")
+    stats_parser.add_argument("--min-freq", type=int, help="least count for a vocabulary word")
+    stats_parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+    demo_parser = verb("demo", "train a tiny English->Spanish model in seconds and use it",
+                       cmd_demo)
+    demo_parser.add_argument("--out", help="keep the demo's run directory here")
+
+    download_parser = verb("download", "fetch Multi30k into the cache and verify checksums",
+                           cmd_download)
+    download_parser.add_argument("--langs", nargs="+", default=list(data.MULTI30K_LANGS),
+                                 choices=data.MULTI30K_LANGS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except EncdecError as error:
+        if args.debug:
+            raise
+        print(f"encdec {args.verb}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"encdec {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,181 @@
+"""Configuration: one dataclass per YAML section, loaded from a file and `--set` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from encdec.errors import EncdecError
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "multi30k"  # multi30k | files | toy
+    src_lang: str = "de"
+    trg_lang: str = "en"
+    data_dir: str | None = None  # Multi30k folder; falls back to $ENCDEC_DATA, then the cache
+    train_src: str | None = None  # plain-text files, line i <-> line i (dataset: files)
+    train_trg: str | None = None
+    valid_src: str | None = None
+    valid_trg: str | None = None
+    test_src: str | None = None
+    test_trg: str | None = None
+    train_tsv: str | None = None  # or one TSV file per split: source<TAB>target
+    valid_tsv: str | None = None
+    test_tsv: str | None = None
+    tokenizer: str = "spacy"  # spacy | char
+    lowercase: bool = True
+    reverse_src: bool = True  # Sutskever et al. (2014): feed the source backwards
+    min_freq: int = 2
+    max_len: int | None = None  # longest sentence in tokens kept for training; None keeps all
+
+
+@dataclass
+class ModelConfig:
+    cell: str = "lstm"  # lstm | gru
+    embedding_dim: int = 256
+    hidden_dim: int = 512
+    num_layers: int = 2
+    dropout: float = 0.5
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.001
+    clip: float = 1.0
+    teacher_forcing_ratio: float = 0.5
+    seed: int = 1234
+    max_steps: int | None = None  # end each epoch after this many batches
+    bucket_pool: int = 100  # batches per length-sorted pool; 1 means no bucketing
+
+
+@dataclass
+class DecodingConfig:
+    max_len: int = 50
+    temperature: float = 0.0  # 0 means greedy (argmax); above 0, sample from softmax(logits / T)
+    batch_size: int = 128
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    ("data", "dataset"): ("multi30k", "files", "toy"),
+    ("data", "tokenizer"): ("spacy", "char"),
+    ("model", "cell"): ("lstm", "gru"),
+}
+POSITIVE = {
+    ("data", "min_freq"),
+    ("data", "max_len"),
+    ("model", "embedding_dim"),
+    ("model", "hidden_dim"),
+    ("model", "num_layers"),
+    ("training", "epochs"),
+    ("training", "batch_size"),
+    ("training", "lr"),
+    ("training", "clip"),
+    ("training", "max_steps"),
+    ("training", "bucket_pool"),
+    ("decoding", "max_len"),
+    ("decoding", "batch_size"),
+}
+FRACTIONS = {("model", "dropout"), ("training", "teacher_forcing_ratio")}
+
+
+def _suggest(name: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _convert(value: object, kind: object, where: str) -> object:
+    """Check `value` against a field's type, converting int -> float where harmless."""
+    optional = isinstance(kind, types.UnionType) and type(None) in typing.get_args(kind)
+    base = next(t for t in typing.get_args(kind) if t is not type(None)) if optional else kind
+    if value is None and optional:
+        return None
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, bool) or not isinstance(value, base):
+        raise EncdecError(
+            f"config field '{where}' must be {base.__name__}"
+            f"{' or null' if optional else ''}, got {value!r}"
+        )
+    return value
+
+
+def _check_range(section: str, key: str, value: object) -> None:
+    where = f"{section}.{key}"
+    if (section, key) in CHOICES and value not in CHOICES[section, key]:
+        raise EncdecError(f"config field '{where}' must be one of {CHOICES[section, key]}, got {value!r}")
+    if (section, key) in POSITIVE and value is not None and value <= 0:
+        raise EncdecError(f"config field '{where}' must be positive, got {value!r}")
+    if (section, key) in FRACTIONS and not 0 <= value <= 1:
+        raise EncdecError(f"config field '{where}' must lie in [0, 1], got {value!r}")
+
+
+def from_dict(raw: dict) -> Config:
+    """Build a checked Config from nested dicts; unknown keys are errors with a suggestion."""
+    config = Config()
+    sections = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    for section, values in (raw or {}).items():
+        if section not in sections:
+            raise EncdecError(f"unknown config section '{section}'{_suggest(section, sections)}")
+        if not isinstance(values, dict):
+            raise EncdecError(f"config section '{section}' must be a mapping of keys to values")
+        target = sections[section]
+        types_by_key = typing.get_type_hints(type(target))
+        for key, value in values.items():
+            if key not in types_by_key:
+                raise EncdecError(
+                    f"unknown config key '{section}.{key}'{_suggest(key, types_by_key)}"
+                )
+            value = _convert(value, types_by_key[key], f"{section}.{key}")
+            _check_range(section, key, value)
+            setattr(target, key, value)
+    return config
+
+
+def parse_override(assignment: str) -> tuple[str, str, object]:
+    """Split 'section.key=value' and parse the value as YAML (so 0.5, true, null work)."""
+    name, sep, text = assignment.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot:
+        raise EncdecError(f"--set expects section.key=value, got '{assignment}'")
+    return section, key, yaml.safe_load(text) if text.strip() else None
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a YAML config (or the defaults when `path` is None) and apply `--set` overrides."""
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise EncdecError(f"config file not found: {path}") from None
+        except yaml.YAMLError as error:
+            raise EncdecError(f"config file {path} is not valid YAML: {error}") from None
+        if not isinstance(raw, dict):
+            raise EncdecError(f"config file {path} must hold a mapping of sections")
+    for assignment in overrides:
+        section, key, value = parse_override(assignment)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise EncdecError(f"config section '{section}' must be a mapping of keys to values")
+        raw[section][key] = value
+    return from_dict(raw)

@@ -1,0 +1,247 @@
+"""Corpora: Multi30k (download + checksum), parallel files, TSV files and the toy phrases."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.request
+import zlib
+from collections.abc import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import BinaryIO
+
+from encdec.errors import EncdecError
+
+MULTI30K_LANGS = ("de", "en", "fr", "cs")
+MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/"
+MULTI30K_FILES = {
+    "train": "train.{lang}.gz",
+    "valid": "val.{lang}.gz",
+    "test": "test_2016_flickr.{lang}.gz",
+}
+MULTI30K_SHA256 = {
+    "test_2016_flickr.cs.gz": "200a4a74cc9560f051924abb9803be008d1908d77f747e9141aeb86dfd2797f1",
+    "test_2016_flickr.de.gz": "9204244e408ccb38d2a55cfcd344df15005fc42a07a6e55ca6c52b6ababb8cc8",
+    "test_2016_flickr.en.gz": "611d361c6334bc7246101d48097c13cf5c4413c5befc793cc629934359d532d9",
+    "test_2016_flickr.fr.gz": "6d326e188d259fb1d04ac19eae3af956559b3a0b93d7635e56c90987c40c8b90",
+    "train.cs.gz": "a65adb8b32e3bc664f21ecba7a6e7f6950fd1f405e135f7c312faabdb6255077",
+    "train.de.gz": "726e39b2fa9eb9ffb6dc763fb35a179f80fae06ffc5d28b6ace5faa883de28a6",
+    "train.en.gz": "d79cfa999dd4c51d2cb42499b6796d5a882c3a8a961923c25a898c90f8bbd56f",
+    "train.fr.gz": "622e75069e9f4c577425c4f277116ce66e63a2401c0a2312d90073cb12379a3c",
+    "val.cs.gz": "b63226e05c4bd5dd6a42897d74b86a1b9d2c31498252c572b1ea7f7996927fcc",
+    "val.de.gz": "f0cba2f995189cf5770f29a8a9a537a3ad3f51657ad873405082ff6863a5e75a",
+    "val.en.gz": "14f7d25ddd868909a9213e361768460edcacdd6ab9d1e77b92560dc10c10dc28",
+    "val.fr.gz": "ca3106f1a72390591d25f6c45cb4cd39dec4cd3f123e099748a3ce5256c160e9",
+}
+SPLITS = ("train", "valid", "test")
+
+Pair = tuple[str, str]  # (source sentence, target sentence), raw text
+
+_TOY_HELDOUT_SIZE = 10
+_DOWNLOAD_TIMEOUT_S = 60
+_CHUNK_BYTES = 1 << 20
+
+
+def default_cache_dir() -> Path:
+    """Where downloads are kept: $ENCDEC_CACHE if set, else ~/.cache/encdec."""
+    return Path(os.environ.get("ENCDEC_CACHE") or Path.home() / ".cache" / "encdec")
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """Read UTF-8 text (gzip if the name ends in .gz); each line keeps all but its line ending."""
+    path = Path(path)
+    text = _decode_utf8(_read_bytes(path), path)
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline ending the last line does not start another one
+    return [line.removesuffix("\r") for line in lines]
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, gunzipped when its name ends in .gz."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as file:
+                return file.read()
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise EncdecError(f"{path}: no such file; check the path") from None
+    except (OSError, EOFError, zlib.error) as error:
+        raise EncdecError(
+            f"{path}: cannot read ({error}); replace the file with a good copy"
+        ) from None
+
+
+def _decode_utf8(data: bytes, path: Path) -> str:
+    """Decode, pointing at the offending line when the bytes are not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line_number = data.count(b"\n", 0, error.start) + 1
+        raise EncdecError(
+            f"{path}:{line_number}: not valid UTF-8 ({error.reason}); re-encode the file as UTF-8"
+        ) from None
+
+
+def read_parallel(src_path: str | Path, trg_path: str | Path) -> list[Pair]:
+    """Pair line i of the source file with line i of the target file."""
+    sources, targets = read_lines(src_path), read_lines(trg_path)
+    if len(sources) != len(targets):
+        raise EncdecError(
+            f"{src_path} has {len(sources)} lines but {trg_path} has {len(targets)}; "
+            "parallel files need one sentence per line, line for line"
+        )
+    return list(zip(sources, targets, strict=True))
+
+
+def read_tsv(path: str | Path) -> list[Pair]:
+    """Read one 'source<TAB>target' pair per line."""
+    lines = read_lines(path)
+    return [_split_tsv_line(line, path, number) for number, line in enumerate(lines, start=1)]
+
+
+def _split_tsv_line(line: str, path: str | Path, line_number: int) -> Pair:
+    """Split a line at its single tab."""
+    fields = line.split("\t")
+    if len(fields) != 2:
+        raise EncdecError(
+            f"{path}:{line_number}: expected 'source<TAB>target' with exactly one tab, "
+            f"found {len(fields) - 1}; fix or remove that line"
+        )
+    return fields[0], fields[1]
+
+
+def download_file(url: str, dest: Path, sha256: str | None) -> Path:
+    """Download url to dest, checking its SHA-256 if given; dest appears whole or not at all."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        with os.fdopen(handle, "wb") as temp_file:
+            digest = _fetch(url, temp_file)
+            _check_sha256(dest, expected=sha256, actual=digest)
+            temp_file.flush()
+            os.fsync(temp_file.fileno())
+        os.replace(temp_name, dest)
+    except BaseException:
+        # Interrupts included: a half-written temp file must never outlive the attempt.
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def _fetch(url: str, out: BinaryIO) -> str:
+    """Stream url into out and return the SHA-256 hex digest of the bytes written."""
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response:
+            while chunk := response.read(_CHUNK_BYTES):
+                digest.update(chunk)
+                out.write(chunk)
+    except (OSError, http.client.HTTPException) as error:
+        raise EncdecError(
+            f"could not download {url} ({error}); without network access, put a local copy "
+            "of the files in a folder and pass it with --data-dir or set ENCDEC_DATA"
+        ) from None
+    return digest.hexdigest()
+
+
+def _check_sha256(dest: Path, expected: str | None, actual: str) -> None:
+    """Refuse a download whose digest differs from the published one."""
+    if expected is not None and actual != expected:
+        raise EncdecError(
+            f"{dest}: downloaded data has sha256 {actual} but {expected} was expected; "
+            "the download was discarded, try again or fetch the file by hand"
+        )
+
+
+def _sha256_of(path: Path) -> str:
+    """The SHA-256 hex digest of a file's contents (Multi30k files are a few MB at most)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
+    """Reject a value that is not one of the choices, listing them."""
+    if value not in choices:
+        raise EncdecError(f"unknown Multi30k {what} {value!r}; choose one of {', '.join(choices)}")
+
+
+def _multi30k_name(split: str, lang: str) -> str:
+    """The Multi30k file name for a split and language, e.g. val.de.gz."""
+    _check_choice(split, SPLITS, "split")
+    _check_choice(lang, MULTI30K_LANGS, "language")
+    return MULTI30K_FILES[split].format(lang=lang)
+
+
+def _multi30k_cache(cache_dir: Path | None) -> Path:
+    """The folder Multi30k downloads go to."""
+    return Path(cache_dir) if cache_dir is not None else default_cache_dir() / "multi30k"
+
+
+def multi30k_file(
+    split: str,
+    lang: str,
+    data_dir: str | Path | None = None,
+    cache_dir: Path | None = None,
+    base_url: str = MULTI30K_URL,
+) -> Path:
+    """Find a Multi30k file in data_dir (else $ENCDEC_DATA), then the cache; else download it."""
+    name = _multi30k_name(split, lang)
+    data_dir = data_dir if data_dir is not None else os.environ.get("ENCDEC_DATA")
+    # A local copy is trusted unchecked, so reading stays fast.
+    if data_dir and (Path(data_dir) / name).is_file():
+        return Path(data_dir) / name
+    cached = _multi30k_cache(cache_dir) / name
+    if cached.is_file():
+        return cached  # only a verified download can have been moved here
+    return download_file(base_url + name, cached, MULTI30K_SHA256[name])
+
+
+def download_multi30k(
+    langs: Iterable[str], cache_dir: Path | None = None, base_url: str = MULTI30K_URL
+) -> list[Path]:
+    """Make sure all splits of each language are in the cache with the right checksum."""
+    names = [_multi30k_name(split, lang) for lang in langs for split in SPLITS]
+    cache = _multi30k_cache(cache_dir)
+    return [_verified_download(name, cache, base_url) for name in names]
+
+
+def _verified_download(name: str, cache: Path, base_url: str) -> Path:
+    """Keep a cached file whose checksum matches; download it otherwise."""
+    path = cache / name
+    if path.is_file() and _sha256_of(path) == MULTI30K_SHA256[name]:
+        return path
+    return download_file(base_url + name, path, MULTI30K_SHA256[name])
+
+
+def load_multi30k(
+    src_lang: str,
+    trg_lang: str,
+    data_dir: str | Path | None = None,
+    cache_dir: Path | None = None,
+    base_url: str = MULTI30K_URL,
+) -> dict[str, list[Pair]]:
+    """Multi30k sentence pairs for each split: 29000 train, 1014 valid, 1000 test."""
+    if src_lang == trg_lang:
+        raise EncdecError(f"source and target language are both {src_lang!r}; pick two different")
+    for lang in (src_lang, trg_lang):
+        _check_choice(lang, MULTI30K_LANGS, "language")  # before anything is downloaded
+    return {
+        split: read_parallel(
+            multi30k_file(split, src_lang, data_dir, cache_dir, base_url),
+            multi30k_file(split, trg_lang, data_dir, cache_dir, base_url),
+        )
+        for split in SPLITS
+    }
+
+
+def toy_phrases() -> dict[str, list[Pair]]:
+    """English-Spanish everyday phrases; valid and test repeat a few training pairs to memorise."""
+    with resources.as_file(resources.files("encdec") / "toy_phrases.tsv") as path:
+        pairs = read_tsv(path)
+    heldout = pairs[:: len(pairs) // _TOY_HELDOUT_SIZE][:_TOY_HELDOUT_SIZE]
+    return {"train": pairs, "valid": list(heldout), "test": list(heldout)}

@@ -1,0 +1,81 @@
+"""Translator: a checkpoint in, translations (and scores) out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from encdec.batching import collate, numericalize
+from encdec.checkpoint import load_checkpoint
+from encdec.config import Config, from_dict
+from encdec.corpus import tokenizers
+from encdec.metrics import bleu, bleu_tok, perplexity
+from encdec.model import Seq2Seq, build_model
+from encdec.search import decode
+from encdec.training import evaluation_batches, run_epoch
+from encdec.vocab import Vocab
+
+
+class Translator:
+    """Everything needed to translate: the model, its config, vocabularies and tokenizers."""
+
+    def __init__(self, model: Seq2Seq, config: Config, src_vocab: Vocab, trg_vocab: Vocab):
+        self.model, self.config = model.eval(), config
+        self.src_vocab, self.trg_vocab = src_vocab, trg_vocab
+        self.src_tokenizer, self.trg_tokenizer = tokenizers(config.data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Translator:
+        state = load_checkpoint(path)
+        config = from_dict(state["config"])
+        src_vocab, trg_vocab = Vocab(state["src_vocab"]), Vocab(state["trg_vocab"])
+        model = build_model(config.model, len(src_vocab), len(trg_vocab))
+        model.load_state_dict(state["model"])
+        return cls(model, config, src_vocab, trg_vocab)
+
+    def translate_tokens(
+        self, sentences: Sequence[str], max_len: int | None = None,
+        temperature: float | None = None, seed: int | None = None,
+    ) -> list[list[str]]:
+        """Target tokens for each sentence; batched by length, returned in input order."""
+        decoding = self.config.decoding
+        max_len = decoding.max_len if max_len is None else max_len
+        temperature = decoding.temperature if temperature is None else temperature
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        source_tokens = self.src_tokenizer.tokenize_many(sentences)
+        examples = [numericalize(tokens, [], self.src_vocab, self.trg_vocab,
+                                 self.config.data.reverse_src) for tokens in source_tokens]
+        translations: list[list[str]] = [[] for _ in sentences]
+        for indices in evaluation_batches(examples, decoding.batch_size):
+            batch = collate(examples, indices, self.src_vocab.pad_idx)
+            ids = decode(self.model, batch.src, batch.src_lengths, self.trg_vocab.sos_idx,
+                         self.trg_vocab.eos_idx, max_len, temperature, generator)
+            for index, sentence_ids in zip(indices, ids):
+                translations[index] = self._strip_specials(self.trg_vocab.decode(sentence_ids))
+        return translations
+
+    def translate(self, sentences: Sequence[str], **options) -> list[str]:
+        """Translations as text, one per input sentence (an empty sentence gives '')."""
+        return [self.trg_tokenizer.detokenize(tokens) if sentence.strip() else ""
+                for sentence, tokens in zip(sentences, self.translate_tokens(sentences, **options))]
+
+    def _strip_specials(self, tokens: list[str]) -> list[str]:
+        specials = {"<pad>", "<sos>", "<eos>"}  # <unk> stays: it says a word was not known
+        return [token for token in tokens if token not in specials]
+
+    def evaluate(self, pairs: Sequence[tuple[str, str]]) -> dict:
+        """Loss and perplexity (teacher forcing off, like validation) and BLEU on sentence pairs."""
+        sources = [source for source, _ in pairs]
+        references = [reference for _, reference in pairs]
+        source_tokens = self.src_tokenizer.tokenize_many(sources)
+        reference_tokens = self.trg_tokenizer.tokenize_many(references)
+        examples = [numericalize(s, t, self.src_vocab, self.trg_vocab, self.config.data.reverse_src)
+                    for s, t in zip(source_tokens, reference_tokens)]
+        batches = evaluation_batches(examples, self.config.training.batch_size)
+        loss = run_epoch(self.model, examples, batches, self.trg_vocab.pad_idx, 0.0).loss
+        hypothesis_tokens = self.translate_tokens(sources)
+        hypotheses = [self.trg_tokenizer.detokenize(tokens) for tokens in hypothesis_tokens]
+        return {"loss": loss, "ppl": perplexity(loss), "bleu": bleu(hypotheses, references),
+                "bleu_tok": bleu_tok(hypothesis_tokens, reference_tokens)}
