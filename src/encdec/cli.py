@@ -27,10 +27,10 @@ EXAMPLES = {
 DEMO_CONFIG = {
     "data": {"dataset": "toy", "src_lang": "en", "trg_lang": "es", "min_freq": 1},
     "model": {"embedding_dim": 64, "hidden_dim": 128, "num_layers": 2, "dropout": 0.0},
-    "training": {"epochs": 40, "batch_size": 16, "lr": 0.005, "teacher_forcing_ratio": 1.0},
+    "training": {"epochs": 80, "batch_size": 16, "lr": 0.003, "teacher_forcing_ratio": 1.0},
     "decoding": {"max_len": 10},
 }
-DEMO_SENTENCES = ["good morning", "thank you very much", "i am hungry", "see you tomorrow",
+DEMO_SENTENCES = ["good morning", "thank you very much", "i am hungry.", "see you tomorrow",
                   "let's go"]
 
 
