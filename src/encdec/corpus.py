@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from encdec import data
@@ -33,8 +32,7 @@ def read_splits(config: DataConfig) -> dict[str, list[data.Pair]]:
     if config.dataset == "toy":
         return data.toy_phrases()
     if config.dataset == "multi30k":
-        data_dir = config.data_dir or os.environ.get("ENCDEC_DATA")
-        return data.load_multi30k(config.src_lang, config.trg_lang, data_dir=data_dir)
+        return data.load_multi30k(config.src_lang, config.trg_lang, data_dir=config.data_dir)
     splits = {}
     for split in data.SPLITS:
         tsv = getattr(config, f"{split}_tsv")
