@@ -14,7 +14,10 @@ Example = tuple[list[int], list[int]]  # (source ids, target ids with <sos> ... 
 
 
 def numericalize(
-    src_tokens: list[str], trg_tokens: list[str], src_vocab: Vocab, trg_vocab: Vocab,
+    src_tokens: list[str],
+    trg_tokens: list[str],
+    src_vocab: Vocab,
+    trg_vocab: Vocab,
     reverse_src: bool,
 ) -> Example:
     """Token lists -> id lists; the source is optionally reversed, both get <sos> and <eos>."""
@@ -35,8 +38,11 @@ class Batch:
 
     def to(self, device: torch.device) -> Batch:
         return Batch(
-            self.src.to(device), self.src_lengths, self.trg.to(device),
-            self.n_target_tokens, self.indices,
+            self.src.to(device),
+            self.src_lengths,
+            self.trg.to(device),
+            self.n_target_tokens,
+            self.indices,
         )
 
 
@@ -58,7 +64,10 @@ def collate(examples: Sequence[Example], indices: list[int], pad_idx: int) -> Ba
 
 
 def bucket_batches(
-    examples: Sequence[Example], batch_size: int, pool_batches: int, rng: random.Random | None,
+    examples: Sequence[Example],
+    batch_size: int,
+    pool_batches: int,
+    rng: random.Random | None,
 ) -> list[list[int]]:
     """Group example indices into batches of similar length to cut padding.
 
@@ -72,8 +81,10 @@ def bucket_batches(
     pool_size = batch_size * pool_batches
     batches = []
     for start in range(0, len(order), pool_size):
-        pool = sorted(order[start : start + pool_size],
-                      key=lambda i: (len(examples[i][0]), len(examples[i][1])))
+        pool = sorted(
+            order[start : start + pool_size],
+            key=lambda i: (len(examples[i][0]), len(examples[i][1])),
+        )
         batches += [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
     if rng is not None:
         rng.shuffle(batches)

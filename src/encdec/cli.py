@@ -15,7 +15,7 @@ from encdec.errors import EncdecError
 
 EXAMPLES = {
     "train": "encdec train --config configs/multi30k_seed.yaml --data-dir ../shared/data/multi30k "
-             "--out runs/seed",
+    "--out runs/seed",
     "translate": 'echo "Ein Mann fährt Fahrrad." | encdec translate runs/seed/best.pt',
     "evaluate": "encdec evaluate runs/seed/best.pt --split test --json",
     "data-stats": "encdec data-stats --data-dir ../shared/data/multi30k --src de --trg en",
@@ -30,16 +30,31 @@ DEMO_CONFIG = {
     "training": {"epochs": 80, "batch_size": 16, "lr": 0.003, "teacher_forcing_ratio": 1.0},
     "decoding": {"max_len": 10},
 }
-DEMO_SENTENCES = ["good morning", "thank you very much", "i am hungry.", "see you tomorrow",
-                  "let's go"]
+DEMO_SENTENCES = [
+    "good morning",
+    "thank you very much",
+    "i am hungry.",
+    "see you tomorrow",
+    "let's go",
+]
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config file (see docs/config.md); defaults if left out")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config value, e.g. --set training.lr=0.0005 (repeatable)")
-    parser.add_argument("--data-dir", help="folder holding the Multi30k .gz files "
-                        "(default: $ENCDEC_DATA, then the download cache)")
+    parser.add_argument(
+        "--config", help="YAML config file (see docs/config.md); defaults if left out"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set training.lr=0.0005 (repeatable)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        help="folder holding the Multi30k .gz files "
+        "(default: $ENCDEC_DATA, then the download cache)",
+    )
 
 
 def _config_from_args(args: argparse.Namespace, extra_overrides: tuple[str, ...] = ()):
@@ -61,10 +76,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_translate(args: argparse.Namespace) -> None:
     from encdec.translator import Translator
 
-    translator = Translator.load(args.checkpoint)
+    translator = Translator.load(args.checkpoint, int8=args.int8)
     source = data.read_lines(args.input) if args.input else sys.stdin.read().splitlines()
-    translations = translator.translate(source, max_len=args.max_len,
-                                        temperature=args.temperature, seed=args.seed)
+    translations = translator.translate(
+        source, max_len=args.max_len, temperature=args.temperature, seed=args.seed
+    )
     text = "".join(line + "\n" for line in translations)
     if args.output:
         _write_atomically(Path(args.output), text)
@@ -101,17 +117,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(scores))
     else:
-        print(f"{args.split if not args.src else args.src}: loss {scores['loss']:.3f} | "
-              f"ppl {scores['ppl']:.2f} | BLEU {scores['bleu']:.2f} | "
-              f"BLEU (tokenized) {scores['bleu_tok']:.2f}")
+        print(
+            f"{args.split if not args.src else args.src}: loss {scores['loss']:.3f} | "
+            f"ppl {scores['ppl']:.2f} | BLEU {scores['bleu']:.2f} | "
+            f"BLEU (tokenized) {scores['bleu_tok']:.2f}"
+        )
 
 
 def cmd_data_stats(args: argparse.Namespace) -> None:
     from encdec.corpus import build_corpus
 
     options = {"src_lang": args.src, "trg_lang": args.trg, "min_freq": args.min_freq}
-    config = _config_from_args(args, tuple(
-        f"data.{key}={value}" for key, value in options.items() if value is not None))
+    config = _config_from_args(
+        args, tuple(f"data.{key}={value}" for key, value in options.items() if value is not None)
+    )
     corpus = build_corpus(config.data)
     stats = {split: len(examples) for split, examples in corpus.examples.items()}
     stats |= {"src_vocab": len(corpus.src_vocab), "trg_vocab": len(corpus.trg_vocab)}
@@ -124,8 +143,11 @@ def cmd_data_stats(args: argparse.Namespace) -> None:
     else:
         print(f"{config.data.src_lang} -> {config.data.trg_lang}, min_freq {config.data.min_freq}")
         for key, value in stats.items():
-            print(f"  {key:<20} {value:>10,}" if isinstance(value, int) else
-                  f"  {key:<20} {value:>10}")
+            print(
+                f"  {key:<20} {value:>10,}"
+                if isinstance(value, int)
+                else f"  {key:<20} {value:>10}"
+            )
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -150,14 +172,19 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="encdec", description="Recurrent encoder-decoder models for machine translation.")
+        prog="encdec", description="Recurrent encoder-decoder models for machine translation."
+    )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def verb(name: str, help_text: str, handler) -> argparse.ArgumentParser:
-        sub = verbs.add_parser(name, help=help_text, description=help_text,
-                               epilog=f"example: {EXAMPLES[name]}",
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sub = verbs.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=f"example: {EXAMPLES[name]}",
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
         sub.set_defaults(handler=handler)
         return sub
 
@@ -165,19 +192,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(train_parser)
     train_parser.add_argument("--out", required=True, help="run directory for checkpoints and logs")
     train_parser.add_argument("--epochs", type=int, help="override training.epochs")
-    train_parser.add_argument("--max-steps", type=int,
-                              help="end each epoch after this many batches (smoke tests)")
+    train_parser.add_argument(
+        "--max-steps", type=int, help="end each epoch after this many batches (smoke tests)"
+    )
     train_parser.add_argument("--quiet", action="store_true", help="log to train.log only")
 
-    translate_parser = verb("translate", "translate sentences (stdin or --input), one per line",
-                            cmd_translate)
+    translate_parser = verb(
+        "translate", "translate sentences (stdin or --input), one per line", cmd_translate
+    )
     translate_parser.add_argument("checkpoint", help="a best.pt written by encdec train")
     translate_parser.add_argument("--input", help="file of sentences (default: stdin)")
     translate_parser.add_argument("--output", help="write here (atomically) instead of stdout")
     translate_parser.add_argument("--max-len", type=int, help="most tokens per translation")
-    translate_parser.add_argument("--temperature", type=float,
-                                  help="0 = greedy; above 0 samples from the softmax")
+    translate_parser.add_argument(
+        "--temperature", type=float, help="0 = greedy; above 0 samples from the softmax"
+    )
     translate_parser.add_argument("--seed", type=int, help="random seed for sampling")
+    translate_parser.add_argument(
+        "--int8", action="store_true", help="quantize the model to int8 first (faster on CPU)"
+    )
 
     evaluate_parser = verb("evaluate", "loss, perplexity and BLEU of a checkpoint", cmd_evaluate)
     evaluate_parser.add_argument("checkpoint", help="a best.pt written by encdec train")
@@ -187,22 +220,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--ref", help="reference translations of --src")
     evaluate_parser.add_argument("--json", action="store_true", help="print one JSON object")
 
-    stats_parser = verb("data-stats", "sizes of a corpus's splits and vocabularies",
-                        cmd_data_stats)
+    stats_parser = verb("data-stats", "sizes of a corpus's splits and vocabularies", cmd_data_stats)
     _add_config_options(stats_parser)
     stats_parser.add_argument("--src", help="source language (de, en, fr, cs)")
     stats_parser.add_argument("--trg", help="target language (de, en, fr, cs)")
     stats_parser.add_argument("--min-freq", type=int, help="least count for a vocabulary word")
     stats_parser.add_argument("--json", action="store_true", help="print one JSON object")
 
-    demo_parser = verb("demo", "train a tiny English->Spanish model in seconds and use it",
-                       cmd_demo)
+    demo_parser = verb(
+        "demo", "train a tiny English->Spanish model in seconds and use it", cmd_demo
+    )
     demo_parser.add_argument("--out", help="keep the demo's run directory here")
 
-    download_parser = verb("download", "fetch Multi30k into the cache and verify checksums",
-                           cmd_download)
-    download_parser.add_argument("--langs", nargs="+", default=list(data.MULTI30K_LANGS),
-                                 choices=data.MULTI30K_LANGS)
+    download_parser = verb(
+        "download", "fetch Multi30k into the cache and verify checksums", cmd_download
+    )
+    download_parser.add_argument(
+        "--langs", nargs="+", default=list(data.MULTI30K_LANGS), choices=data.MULTI30K_LANGS
+    )
     return parser
 
 

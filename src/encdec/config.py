@@ -122,7 +122,9 @@ def _convert(value: object, kind: object, where: str) -> object:
 def _check_range(section: str, key: str, value: object) -> None:
     where = f"{section}.{key}"
     if (section, key) in CHOICES and value not in CHOICES[section, key]:
-        raise EncdecError(f"config field '{where}' must be one of {CHOICES[section, key]}, got {value!r}")
+        raise EncdecError(
+            f"config field '{where}' must be one of {CHOICES[section, key]}, got {value!r}"
+        )
     if (section, key) in POSITIVE and value is not None and value <= 0:
         raise EncdecError(f"config field '{where}' must be positive, got {value!r}")
     if (section, key) in FRACTIONS and not 0 <= value <= 1:

@@ -23,8 +23,10 @@ class Corpus:
 
 def tokenizers(config: DataConfig) -> tuple[Tokenizer, Tokenizer]:
     """The source and target tokenizers a data config asks for."""
-    return (Tokenizer(config.tokenizer, config.src_lang, config.lowercase),
-            Tokenizer(config.tokenizer, config.trg_lang, config.lowercase))
+    return (
+        Tokenizer(config.tokenizer, config.src_lang, config.lowercase),
+        Tokenizer(config.tokenizer, config.trg_lang, config.lowercase),
+    )
 
 
 def read_splits(config: DataConfig) -> dict[str, list[data.Pair]]:
@@ -66,13 +68,20 @@ def build_corpus(config: DataConfig) -> Corpus:
     pairs = read_splits(config)
     src_tokenizer, trg_tokenizer = tokenizers(config)
     tokens = {
-        split: list(zip(src_tokenizer.tokenize_many(s for s, _ in split_pairs),
-                        trg_tokenizer.tokenize_many(t for _, t in split_pairs)))
+        split: list(
+            zip(
+                src_tokenizer.tokenize_many(s for s, _ in split_pairs),
+                trg_tokenizer.tokenize_many(t for _, t in split_pairs),
+            )
+        )
         for split, split_pairs in pairs.items()
     }
     skipped: dict[str, int] = {}
-    kept = [i for i, (s, t) in enumerate(tokens["train"])
-            if _keep_for_training(s, t, config.max_len, skipped)]
+    kept = [
+        i
+        for i, (s, t) in enumerate(tokens["train"])
+        if _keep_for_training(s, t, config.max_len, skipped)
+    ]
     if not kept:
         raise EncdecError("no training pair is left after dropping empty and over-long ones")
     pairs["train"] = [pairs["train"][i] for i in kept]
@@ -80,7 +89,9 @@ def build_corpus(config: DataConfig) -> Corpus:
     src_vocab = Vocab.build((s for s, _ in tokens["train"]), config.min_freq)
     trg_vocab = Vocab.build((t for _, t in tokens["train"]), config.min_freq)
     examples = {
-        split: [numericalize(s, t, src_vocab, trg_vocab, config.reverse_src) for s, t in token_pairs]
+        split: [
+            numericalize(s, t, src_vocab, trg_vocab, config.reverse_src) for s, t in token_pairs
+        ]
         for split, token_pairs in tokens.items()
     }
     return Corpus(pairs, examples, src_vocab, trg_vocab, skipped)

@@ -24,8 +24,15 @@ State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 class Encoder(nn.Module):
     """Reads the source and compresses it into a context vector: the RNN's final state."""
 
-    def __init__(self, vocab_size: int, embedding_dim: int, hidden_dim: int, num_layers: int,
-                 dropout: float, cell: str = "lstm"):
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        hidden_dim: int,
+        num_layers: int,
+        dropout: float,
+        cell: str = "lstm",
+    ):
         super().__init__()
         self.hidden_dim, self.num_layers = hidden_dim, num_layers
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
@@ -49,8 +56,15 @@ class Decoder(nn.Module):
     with several steps it runs them in one RNN call, which is how teacher forcing gets fast.
     """
 
-    def __init__(self, vocab_size: int, embedding_dim: int, hidden_dim: int, num_layers: int,
-                 dropout: float, cell: str = "lstm"):
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        hidden_dim: int,
+        num_layers: int,
+        dropout: float,
+        cell: str = "lstm",
+    ):
         super().__init__()
         self.vocab_size, self.hidden_dim, self.num_layers = vocab_size, hidden_dim, num_layers
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
@@ -77,8 +91,13 @@ class Seq2Seq(nn.Module):
             raise EncdecError("encoder and decoder must have the same num_layers")
         self.encoder, self.decoder = encoder, decoder
 
-    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor, trg: torch.Tensor,
-                teacher_forcing_ratio: float = 0.5) -> torch.Tensor:
+    def forward(
+        self,
+        src: torch.Tensor,
+        src_lengths: torch.Tensor,
+        trg: torch.Tensor,
+        teacher_forcing_ratio: float = 0.5,
+    ) -> torch.Tensor:
         """Scores for target positions 1..T-1 given the source, shape (T-1, B, V).
 
         Position t's input is the true token trg[t-1] with probability `teacher_forcing_ratio`
@@ -103,7 +122,13 @@ class Seq2Seq(nn.Module):
 
 def build_model(config: ModelConfig, src_vocab_size: int, trg_vocab_size: int) -> Seq2Seq:
     """The model a config describes, with the textbook's uniform(-0.08, 0.08) initialisation."""
-    shape = (config.embedding_dim, config.hidden_dim, config.num_layers, config.dropout, config.cell)
+    shape = (
+        config.embedding_dim,
+        config.hidden_dim,
+        config.num_layers,
+        config.dropout,
+        config.cell,
+    )
     model = Seq2Seq(Encoder(src_vocab_size, *shape), Decoder(trg_vocab_size, *shape))
     for parameter in model.parameters():
         nn.init.uniform_(parameter, -0.08, 0.08)

@@ -16,8 +16,14 @@ def _select(state: State, keep: torch.Tensor) -> State:
 
 @torch.no_grad()
 def decode(
-    model: Seq2Seq, src: torch.Tensor, src_lengths: torch.Tensor, sos_idx: int, eos_idx: int,
-    max_len: int, temperature: float = 0.0, generator: torch.Generator | None = None,
+    model: Seq2Seq,
+    src: torch.Tensor,
+    src_lengths: torch.Tensor,
+    sos_idx: int,
+    eos_idx: int,
+    max_len: int,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> list[list[int]]:
     """Decode a batch one token at a time until <eos> or `max_len` tokens.
 
@@ -48,7 +54,9 @@ def _before_eos(ids: list[int], eos_idx: int) -> list[int]:
 
 
 def choose_next(
-    logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None,
+    logits: torch.Tensor,
+    temperature: float,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Next token per row of (B, V) logits: argmax, or a sample at the given temperature."""
     if temperature == 0:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache
 
 import spacy
 from sacremoses import MosesDetokenizer
@@ -11,7 +11,7 @@ from sacremoses import MosesDetokenizer
 from encdec.errors import EncdecError
 
 
-@lru_cache(maxsize=None)
+@cache
 def _spacy_tokenizer(lang: str):
     # spacy.blank builds the same rule-based tokenizer the downloadable models ship, with no download.
     try:
@@ -38,7 +38,9 @@ class Tokenizer:
         else:
             docs = _spacy_tokenizer(self.lang).pipe(sentences)
             token_lists = [[token.text for token in doc] for doc in docs]
-        if self.lowercase:  # after tokenizing: spaCy's exceptions ("Dr.", "U.S.") are case-sensitive
+        if (
+            self.lowercase
+        ):  # after tokenizing: spaCy's exceptions ("Dr.", "U.S.") are case-sensitive
             token_lists = [[token.lower() for token in tokens] for tokens in token_lists]
         return token_lists
 
@@ -50,6 +52,6 @@ class Tokenizer:
         return _moses_detokenizer(self.lang).detokenize(words)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _moses_detokenizer(lang: str) -> MosesDetokenizer:
     return MosesDetokenizer(lang=lang)

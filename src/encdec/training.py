@@ -44,9 +44,15 @@ def seed_everything(seed: int) -> None:
 
 
 def run_epoch(
-    model: Seq2Seq, examples: Sequence[Example], batches: list[list[int]], pad_idx: int,
-    teacher_forcing_ratio: float, optimizer: torch.optim.Optimizer | None = None,
-    clip: float = 1.0, max_steps: int | None = None, description: str = "",
+    model: Seq2Seq,
+    examples: Sequence[Example],
+    batches: list[list[int]],
+    pad_idx: int,
+    teacher_forcing_ratio: float,
+    optimizer: torch.optim.Optimizer | None = None,
+    clip: float = 1.0,
+    max_steps: int | None = None,
+    description: str = "",
 ) -> EpochResult:
     """One pass over `batches`; trains when an optimizer is given, else only measures the loss."""
     criterion = nn.CrossEntropyLoss(ignore_index=pad_idx, reduction="sum")
@@ -66,8 +72,10 @@ def run_epoch(
                 optimizer.step()
             total_loss += loss_sum.item()
             total_tokens += batch.n_target_tokens
-            bar.set_postfix(loss=f"{total_loss / total_tokens:.3f}",
-                            tok_s=f"{total_tokens / (time.perf_counter() - start):.0f}")
+            bar.set_postfix(
+                loss=f"{total_loss / total_tokens:.3f}",
+                tok_s=f"{total_tokens / (time.perf_counter() - start):.0f}",
+            )
     return EpochResult(total_loss / total_tokens, total_tokens, time.perf_counter() - start)
 
 
@@ -78,8 +86,13 @@ def evaluation_batches(examples: Sequence[Example], batch_size: int) -> list[lis
 
 def checkpoint_state(model: Seq2Seq, corpus: Corpus, config: Config, **extra) -> dict:
     """What a checkpoint holds: enough to translate with it alone."""
-    return {"model": model.state_dict(), "config": config.to_dict(),
-            "src_vocab": corpus.src_vocab.itos, "trg_vocab": corpus.trg_vocab.itos, **extra}
+    return {
+        "model": model.state_dict(),
+        "config": config.to_dict(),
+        "src_vocab": corpus.src_vocab.itos,
+        "trg_vocab": corpus.trg_vocab.itos,
+        **extra,
+    }
 
 
 def _setup_logging(out_dir: Path, quiet: bool) -> None:
@@ -92,8 +105,9 @@ def _setup_logging(out_dir: Path, quiet: bool) -> None:
         log.addHandler(logging.StreamHandler())
 
 
-def _format_epoch(epoch: int, epochs: int, train: EpochResult, valid: EpochResult,
-                  valid_forced: EpochResult) -> str:
+def _format_epoch(
+    epoch: int, epochs: int, train: EpochResult, valid: EpochResult, valid_forced: EpochResult
+) -> str:
     minutes, seconds = divmod(int(train.seconds), 60)
     return (
         f"epoch {epoch:2d}/{epochs} | {minutes}m {seconds:02d}s | "
@@ -114,11 +128,16 @@ def train(config: Config, out_dir: str | Path, quiet: bool = False) -> dict:
     log.info("data: %s", ", ".join(f"{s} {len(e):,}" for s, e in corpus.examples.items()))
     if corpus.skipped:
         log.info("skipped training pairs: %s", corpus.skipped)
-    log.info("vocabulary: source %s, target %s", f"{len(corpus.src_vocab):,}",
-             f"{len(corpus.trg_vocab):,}")
+    log.info(
+        "vocabulary: source %s, target %s",
+        f"{len(corpus.src_vocab):,}",
+        f"{len(corpus.trg_vocab):,}",
+    )
     model = build_model(config.model, len(corpus.src_vocab), len(corpus.trg_vocab))
     log.info("model parameters: %s", f"{count_parameters(model):,}")
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    (out_dir / "config.yaml").write_text(
+        yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8"
+    )
 
     settings, pad_idx = config.training, corpus.trg_vocab.pad_idx
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
@@ -128,20 +147,32 @@ def train(config: Config, out_dir: str | Path, quiet: bool = False) -> dict:
     metrics_path = out_dir / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)
     for epoch in range(1, settings.epochs + 1):
-        batches = bucket_batches(corpus.examples["train"], settings.batch_size,
-                                 settings.bucket_pool, data_order)
+        batches = bucket_batches(
+            corpus.examples["train"], settings.batch_size, settings.bucket_pool, data_order
+        )
         if epoch == 1:
             padding = padding_fraction(corpus.examples["train"], batches)
             log.info("batches per epoch: %d, padding %.1f%%", len(batches), 100 * padding)
-        train_result = run_epoch(model, corpus.examples["train"], batches, pad_idx,
-                                 settings.teacher_forcing_ratio, optimizer, settings.clip,
-                                 settings.max_steps, f"epoch {epoch}")
+        train_result = run_epoch(
+            model,
+            corpus.examples["train"],
+            batches,
+            pad_idx,
+            settings.teacher_forcing_ratio,
+            optimizer,
+            settings.clip,
+            settings.max_steps,
+            f"epoch {epoch}",
+        )
         valid = run_epoch(model, corpus.examples["valid"], valid_batches, pad_idx, 0.0)
         valid_forced = run_epoch(model, corpus.examples["valid"], valid_batches, pad_idx, 1.0)
         log.info(_format_epoch(epoch, settings.epochs, train_result, valid, valid_forced))
         record = {
-            "epoch": epoch, "train_loss": train_result.loss, "train_ppl": train_result.ppl,
-            "valid_loss": valid.loss, "valid_ppl": valid.ppl,
+            "epoch": epoch,
+            "train_loss": train_result.loss,
+            "train_ppl": train_result.ppl,
+            "valid_loss": valid.loss,
+            "valid_ppl": valid.ppl,
             "valid_teacher_forced_loss": valid_forced.loss,
             "valid_teacher_forced_ppl": valid_forced.ppl,
             "epoch_seconds": train_result.seconds,
@@ -151,8 +182,10 @@ def train(config: Config, out_dir: str | Path, quiet: bool = False) -> dict:
             file.write(json.dumps(record) + "\n")
         if valid.loss < best_valid_loss:
             best_valid_loss = valid.loss
-            save_checkpoint(checkpoint_state(model, corpus, config, epoch=epoch,
-                                             valid_loss=valid.loss), out_dir / "best.pt")
+            save_checkpoint(
+                checkpoint_state(model, corpus, config, epoch=epoch, valid_loss=valid.loss),
+                out_dir / "best.pt",
+            )
     return _test_best(model, corpus, config, out_dir)
 
 
@@ -163,7 +196,15 @@ def _test_best(model: Seq2Seq, corpus: Corpus, config: Config, out_dir: Path) ->
     pad_idx = corpus.trg_vocab.pad_idx
     test = run_epoch(model, corpus.examples["test"], test_batches, pad_idx, 0.0)
     test_forced = run_epoch(model, corpus.examples["test"], test_batches, pad_idx, 1.0)
-    log.info("test (best checkpoint): teacher forcing off loss %.3f ppl %.2f | "
-             "teacher-forced ppl %.2f", test.loss, test.ppl, test_forced.ppl)
-    return {"test_loss": test.loss, "test_ppl": test.ppl,
-            "test_teacher_forced_ppl": test_forced.ppl, "out_dir": str(out_dir)}
+    log.info(
+        "test (best checkpoint): teacher forcing off loss %.3f ppl %.2f | teacher-forced ppl %.2f",
+        test.loss,
+        test.ppl,
+        test_forced.ppl,
+    )
+    return {
+        "test_loss": test.loss,
+        "test_ppl": test.ppl,
+        "test_teacher_forced_ppl": test_forced.ppl,
+        "out_dir": str(out_dir),
+    }

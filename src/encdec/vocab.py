@@ -27,8 +27,10 @@ class Vocab:
     def build(cls, token_lists: Iterable[list[str]], min_freq: int = 2) -> Vocab:
         """Keep every token seen at least `min_freq` times, most frequent first."""
         counts = Counter(token for tokens in token_lists for token in tokens)
-        kept = sorted((t for t, n in counts.items() if n >= min_freq and t not in SPECIALS),
-                      key=lambda token: (-counts[token], token))
+        kept = sorted(
+            (t for t, n in counts.items() if n >= min_freq and t not in SPECIALS),
+            key=lambda token: (-counts[token], token),
+        )
         return cls(SPECIALS + tuple(kept))
 
     def __len__(self) -> int:

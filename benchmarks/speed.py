@@ -1,0 +1,202 @@
+"""Speed of encdec against the textbook loop (benchmarks/reference.py), measured side by side.
+
+Both run in this one process on the same Multi30k de->en data, alternating round by round, so a
+busy machine slows both alike. Each figure prints as the median over rounds with its spread
+(min-max) and the encdec/reference ratio. Run it alone: the two cores are shared with anything
+else running.
+
+    python benchmarks/speed.py --data-dir ../shared/data/multi30k            # full, ~15 min
+    python benchmarks/speed.py --data-dir ../shared/data/multi30k --quick    # ~1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import reference  # noqa: E402
+
+from encdec.batching import bucket_batches, collate  # noqa: E402
+from encdec.config import DataConfig, ModelConfig  # noqa: E402
+from encdec.corpus import build_corpus  # noqa: E402
+from encdec.model import build_model  # noqa: E402
+from encdec.search import decode  # noqa: E402
+from encdec.training import evaluation_batches, run_epoch  # noqa: E402
+from encdec.translator import Translator, quantize_int8  # noqa: E402
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """Best fp32 matrix-multiply rate this machine reaches, in GFLOP/s."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / min(times) / 1e9
+
+
+def macs_per_token(model: nn.Module) -> tuple[int, int]:
+    """Multiply-accumulates per source token (encoder RNN) and per target token (decoder)."""
+    encoder = sum(p.numel() for n, p in model.encoder.rnn.named_parameters() if "weight" in n)
+    decoder = sum(p.numel() for n, p in model.decoder.rnn.named_parameters() if "weight" in n)
+    return encoder, decoder + model.decoder.fc_out.weight.numel()
+
+
+def training_flops(model: nn.Module, examples, batches) -> float:
+    """Model FLOPs of forward + backward (3 x forward) over the real tokens of `batches`."""
+    encoder_macs, decoder_macs = macs_per_token(model)
+    src_tokens = sum(len(examples[i][0]) for batch in batches for i in batch)
+    trg_tokens = sum(len(examples[i][1]) - 1 for batch in batches for i in batch)
+    return 6 * (src_tokens * encoder_macs + trg_tokens * decoder_macs)
+
+
+def time_reference_training(model, examples, batches, pad_idx, ratio) -> tuple[int, float]:
+    optimizer = torch.optim.Adam(model.parameters())
+    criterion = nn.CrossEntropyLoss(ignore_index=pad_idx)
+    tokens, start = 0, time.perf_counter()
+    for indices in batches:
+        batch = collate(examples, indices, pad_idx)
+        reference.train_step(
+            model, batch.src, batch.trg, optimizer, criterion, teacher_forcing_ratio=ratio
+        )
+        tokens += batch.n_target_tokens
+    return tokens, time.perf_counter() - start
+
+
+def time_encdec_training(model, examples, batches, pad_idx, ratio) -> tuple[int, float]:
+    optimizer = torch.optim.Adam(model.parameters())
+    result = run_epoch(model, examples, batches, pad_idx, ratio, optimizer)
+    return result.tokens, result.seconds
+
+
+def time_reference_translation(model, examples, sos_idx, eos_idx, max_len) -> float:
+    start = time.perf_counter()
+    for source, _ in examples:
+        reference.translate_sentence(model, source, sos_idx, eos_idx, max_len)
+    return time.perf_counter() - start
+
+
+def time_encdec_translation(model, examples, pad_idx, sos_idx, eos_idx, max_len) -> float:
+    model.eval()
+    start = time.perf_counter()
+    for indices in evaluation_batches(examples, 128):
+        batch = collate(examples, indices, pad_idx)
+        decode(model, batch.src, batch.src_lengths, sos_idx, eos_idx, max_len)
+    return time.perf_counter() - start
+
+
+def summary(values: list[float]) -> str:
+    return f"{statistics.median(values):8,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def report(name: str, reference_values: list[float], encdec_values: list[float], unit: str):
+    ratio = statistics.median(encdec_values) / statistics.median(reference_values)
+    print(
+        f"{name:<44} reference {summary(reference_values)} | encdec "
+        f"{summary(encdec_values)} {unit} | ratio {ratio:5.2f}x",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default="../shared/data/multi30k")
+    parser.add_argument("--quick", action="store_true", help="few batches and sentences (~1 min)")
+    parser.add_argument("--rounds", type=int, help="alternating rounds per figure")
+    parser.add_argument("--checkpoint", help="trained best.pt: also measure int8's BLEU cost")
+    args = parser.parse_args()
+    rounds = args.rounds or (2 if args.quick else 3)
+    train_batches = 4 if args.quick else 25
+    sentences = 60 if args.quick else 1000
+    print(f"command: python benchmarks/speed.py {' '.join(sys.argv[1:])}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {rounds} rounds")
+
+    peak = matmul_peak_gflops()
+    print(f"measured fp32 matmul peak: {peak:,.0f} GFLOP/s")
+    corpus = build_corpus(DataConfig(data_dir=args.data_dir))
+    train, test = corpus.examples["train"], corpus.examples["test"][:sentences]
+    pad_idx, sos_idx, eos_idx = (
+        corpus.trg_vocab.pad_idx,
+        corpus.trg_vocab.sos_idx,
+        corpus.trg_vocab.eos_idx,
+    )
+    sizes = (len(corpus.src_vocab), len(corpus.trg_vocab))
+
+    torch.manual_seed(0)
+    encdec_model = build_model(ModelConfig(), *sizes)
+    reference_model = reference.build_reference(*sizes)
+    reference_model.load_state_dict(encdec_model.state_dict())
+    rng = random.Random(0)
+    for ratio in (0.5, 1.0):
+        speeds = {"reference": [], "encdec": [], "reference_util": [], "encdec_util": []}
+        for _ in range(rounds):
+            plain = bucket_batches(train, 128, 1, rng)[:train_batches]
+            bucketed = bucket_batches(train, 128, 100, rng)[:train_batches]
+            for name, timer, batches, model in (
+                ("reference", time_reference_training, plain, reference_model),
+                ("encdec", time_encdec_training, bucketed, encdec_model),
+            ):
+                tokens, seconds = timer(model, train, batches, pad_idx, ratio)
+                speeds[name].append(tokens / seconds)
+                flops = training_flops(encdec_model, train, batches)
+                speeds[f"{name}_util"].append(100 * flops / seconds / 1e9 / peak)
+        report(
+            f"train tokens/s, teacher forcing {ratio}",
+            speeds["reference"],
+            speeds["encdec"],
+            "tok/s",
+        )
+        report(
+            f"  FLOP utilisation (% of matmul peak), TF {ratio}",
+            speeds["reference_util"],
+            speeds["encdec_util"],
+            "%",
+        )
+    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    print(f"peak RSS of this process after training (both models): {rss_gb:.2f} GB")
+
+    int8_model = quantize_int8(encdec_model)
+    reference_rates, encdec_rates, int8_rates = [], [], []
+    for _ in range(rounds):
+        seconds = time_reference_translation(reference_model, test, sos_idx, eos_idx, 25)
+        reference_rates.append(len(test) / seconds)
+        for model, rates in ((encdec_model, encdec_rates), (int8_model, int8_rates)):
+            seconds = time_encdec_translation(model, test, pad_idx, sos_idx, eos_idx, 25)
+            rates.append(len(test) / seconds)
+    report(
+        f"greedy translation sentences/s ({len(test)} test)",
+        reference_rates,
+        encdec_rates,
+        "sent/s",
+    )
+    report("int8 translation vs fp32 batched", encdec_rates, int8_rates, "sent/s")
+    if args.checkpoint:
+        report_int8_bleu(args.checkpoint, args.data_dir)
+
+
+def report_int8_bleu(checkpoint: str, data_dir: str) -> None:
+    """BLEU of a trained checkpoint on test 2016, fp32 against int8."""
+    translator = Translator.load(checkpoint)
+    translator.config.data.data_dir = data_dir
+    from encdec.corpus import read_splits
+
+    pairs = read_splits(translator.config.data)["test"]
+    fp32 = translator.evaluate(pairs)["bleu"]
+    translator.model = quantize_int8(translator.model)
+    int8 = translator.evaluate(pairs)["bleu"]
+    print(f"test BLEU fp32 {fp32:.2f} | int8 {int8:.2f} | drop {fp32 - int8:.2f}")
+
+
+if __name__ == "__main__":
+    main()
