@@ -13,7 +13,7 @@ from encdec.errors import EncdecError
 
 @cache
 def _spacy_tokenizer(lang: str):
-    # spacy.blank builds the same rule-based tokenizer the downloadable models ship, with no download.
+    # spacy.blank builds the rule-based tokenizer the downloadable models ship, without a download.
     try:
         return spacy.blank(lang).tokenizer
     except (ImportError, OSError, KeyError) as error:
