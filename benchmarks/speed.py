@@ -29,8 +29,8 @@ from encdec.batching import bucket_batches, collate  # noqa: E402
 from encdec.config import DataConfig, ModelConfig  # noqa: E402
 from encdec.corpus import build_corpus  # noqa: E402
 from encdec.model import build_model  # noqa: E402
-from encdec.search import decode  # noqa: E402
-from encdec.training import evaluation_batches, run_epoch  # noqa: E402
+from encdec.search import decode_examples  # noqa: E402
+from encdec.training import run_epoch  # noqa: E402
 from encdec.translator import Translator, quantize_int8  # noqa: E402
 
 
@@ -88,11 +88,8 @@ def time_reference_translation(model, examples, sos_idx, eos_idx, max_len) -> fl
 
 
 def time_encdec_translation(model, examples, pad_idx, sos_idx, eos_idx, max_len) -> float:
-    model.eval()
     start = time.perf_counter()
-    for indices in evaluation_batches(examples, 128):
-        batch = collate(examples, indices, pad_idx)
-        decode(model, batch.src, batch.src_lengths, sos_idx, eos_idx, max_len)
+    decode_examples(model, examples, pad_idx, sos_idx, eos_idx, max_len, batch_size=128)
     return time.perf_counter() - start
 
 

@@ -100,3 +100,8 @@ def padding_fraction(examples: Sequence[Example], batches: Sequence[list[int]]) 
             real += sum(lengths)
             padded += max(lengths) * len(lengths)
     return 1 - real / padded if padded else 0.0
+
+
+def evaluation_batches(examples: Sequence[Example], batch_size: int) -> list[list[int]]:
+    """Length-sorted batches in a fixed order, for validation, test and translation."""
+    return bucket_batches(examples, batch_size, pool_batches=max(len(examples), 1), rng=None)

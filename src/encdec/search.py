@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from encdec.batching import Example, collate, evaluation_batches
 from encdec.model import Seq2Seq, State
 
 
@@ -63,3 +66,27 @@ def choose_next(
         return logits.argmax(-1)
     probabilities = torch.softmax(logits / temperature, dim=-1)
     return torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
+
+
+def decode_examples(
+    model: Seq2Seq,
+    examples: Sequence[Example],
+    pad_idx: int,
+    sos_idx: int,
+    eos_idx: int,
+    max_len: int,
+    batch_size: int,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """Decode the sources of many examples in length-sorted batches; results in input order."""
+    model.eval()
+    outputs: list[list[int]] = [[] for _ in examples]
+    for indices in evaluation_batches(examples, batch_size):
+        batch = collate(examples, indices, pad_idx)
+        ids = decode(
+            model, batch.src, batch.src_lengths, sos_idx, eos_idx, max_len, temperature, generator
+        )
+        for index, sentence_ids in zip(indices, ids):
+            outputs[index] = sentence_ids
+    return outputs

@@ -16,12 +16,19 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from encdec.batching import Example, bucket_batches, collate, padding_fraction
+from encdec.batching import (
+    Example,
+    bucket_batches,
+    collate,
+    evaluation_batches,
+    padding_fraction,
+)
 from encdec.checkpoint import load_checkpoint, save_checkpoint
 from encdec.config import Config
-from encdec.corpus import Corpus, build_corpus
-from encdec.metrics import perplexity
+from encdec.corpus import Corpus, build_corpus, tokenizers
+from encdec.metrics import bleu, perplexity
 from encdec.model import Seq2Seq, build_model, count_parameters
+from encdec.search import decode_examples
 
 log = logging.getLogger("encdec")
 
@@ -79,11 +86,6 @@ def run_epoch(
     return EpochResult(total_loss / total_tokens, total_tokens, time.perf_counter() - start)
 
 
-def evaluation_batches(examples: Sequence[Example], batch_size: int) -> list[list[int]]:
-    """Length-sorted batches in a fixed order, for validation and test."""
-    return bucket_batches(examples, batch_size, pool_batches=len(examples), rng=None)
-
-
 def checkpoint_state(model: Seq2Seq, corpus: Corpus, config: Config, **extra) -> dict:
     """What a checkpoint holds: enough to translate with it alone."""
     return {
@@ -105,17 +107,60 @@ def _setup_logging(out_dir: Path, quiet: bool) -> None:
         log.addHandler(logging.StreamHandler())
 
 
-def _format_epoch(
-    epoch: int, epochs: int, train: EpochResult, valid: EpochResult, valid_forced: EpochResult
-) -> str:
-    minutes, seconds = divmod(int(train.seconds), 60)
-    return (
-        f"epoch {epoch:2d}/{epochs} | {minutes}m {seconds:02d}s | "
-        f"train loss {train.loss:.3f} ppl {train.ppl:8.2f} | "
-        f"valid (teacher forcing off) loss {valid.loss:.3f} ppl {valid.ppl:8.2f} | "
-        f"valid (teacher-forced) ppl {valid_forced.ppl:7.2f} | "
-        f"{train.tokens / train.seconds:,.0f} tok/s"
+def corpus_bleu(model: Seq2Seq, corpus: Corpus, split: str, config: Config) -> float:
+    """sacreBLEU of greedy translations of one split against its raw references."""
+    vocab = corpus.trg_vocab
+    ids = decode_examples(
+        model,
+        corpus.examples[split],
+        vocab.pad_idx,
+        vocab.sos_idx,
+        vocab.eos_idx,
+        config.decoding.max_len,
+        config.decoding.batch_size,
     )
+    _, trg_tokenizer = tokenizers(config.data)
+    hypotheses = [trg_tokenizer.detokenize(vocab.decode(sentence_ids)) for sentence_ids in ids]
+    return bleu(hypotheses, [reference for _, reference in corpus.pairs[split]])
+
+
+def evaluate_split(model: Seq2Seq, corpus: Corpus, split: str, config: Config) -> dict:
+    """Loss and perplexity with teacher forcing off (the textbook's) and on, and BLEU."""
+    examples, pad_idx = corpus.examples[split], corpus.trg_vocab.pad_idx
+    batches = evaluation_batches(examples, config.training.batch_size)
+    free = run_epoch(model, examples, batches, pad_idx, teacher_forcing_ratio=0.0)
+    forced = run_epoch(model, examples, batches, pad_idx, teacher_forcing_ratio=1.0)
+    return {
+        f"{split}_loss": free.loss,
+        f"{split}_ppl": free.ppl,
+        f"{split}_teacher_forced_loss": forced.loss,
+        f"{split}_teacher_forced_ppl": forced.ppl,
+        f"{split}_bleu": corpus_bleu(model, corpus, split, config),
+    }
+
+
+def _format_epoch(record: dict, epochs: int) -> str:
+    minutes, seconds = divmod(int(record["epoch_seconds"]), 60)
+    return (
+        f"epoch {record['epoch']:2d}/{epochs} | {minutes}m {seconds:02d}s | "
+        f"train loss {record['train_loss']:.3f} ppl {record['train_ppl']:8.2f} | "
+        f"valid (teacher forcing off) loss {record['valid_loss']:.3f} "
+        f"ppl {record['valid_ppl']:8.2f} | "
+        f"valid (teacher-forced) ppl {record['valid_teacher_forced_ppl']:7.2f} | "
+        f"valid BLEU {record['valid_bleu']:5.2f} | {record['train_tokens_per_s']:,.0f} tok/s"
+    )
+
+
+def _describe(corpus: Corpus, model: Seq2Seq) -> None:
+    log.info("data: %s", ", ".join(f"{s} {len(e):,}" for s, e in corpus.examples.items()))
+    if corpus.skipped:
+        log.info("skipped training pairs: %s", corpus.skipped)
+    log.info(
+        "vocabulary: source %s, target %s",
+        f"{len(corpus.src_vocab):,}",
+        f"{len(corpus.trg_vocab):,}",
+    )
+    log.info("model parameters: %s", f"{count_parameters(model):,}")
 
 
 def train(config: Config, out_dir: str | Path, quiet: bool = False) -> dict:
@@ -125,86 +170,62 @@ def train(config: Config, out_dir: str | Path, quiet: bool = False) -> dict:
     _setup_logging(out_dir, quiet)
     seed_everything(config.training.seed)
     corpus = build_corpus(config.data)
-    log.info("data: %s", ", ".join(f"{s} {len(e):,}" for s, e in corpus.examples.items()))
-    if corpus.skipped:
-        log.info("skipped training pairs: %s", corpus.skipped)
-    log.info(
-        "vocabulary: source %s, target %s",
-        f"{len(corpus.src_vocab):,}",
-        f"{len(corpus.trg_vocab):,}",
-    )
     model = build_model(config.model, len(corpus.src_vocab), len(corpus.trg_vocab))
-    log.info("model parameters: %s", f"{count_parameters(model):,}")
+    _describe(corpus, model)
     (out_dir / "config.yaml").write_text(
         yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8"
     )
-
-    settings, pad_idx = config.training, corpus.trg_vocab.pad_idx
+    settings, train_examples = config.training, corpus.examples["train"]
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     data_order = random.Random(settings.seed)
-    valid_batches = evaluation_batches(corpus.examples["valid"], settings.batch_size)
-    best_valid_loss = float("inf")
+    best_valid_loss, train_seconds = float("inf"), 0.0
     metrics_path = out_dir / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)
     for epoch in range(1, settings.epochs + 1):
         batches = bucket_batches(
-            corpus.examples["train"], settings.batch_size, settings.bucket_pool, data_order
+            train_examples, settings.batch_size, settings.bucket_pool, data_order
         )
         if epoch == 1:
-            padding = padding_fraction(corpus.examples["train"], batches)
+            padding = padding_fraction(train_examples, batches)
             log.info("batches per epoch: %d, padding %.1f%%", len(batches), 100 * padding)
-        train_result = run_epoch(
+        result = run_epoch(
             model,
-            corpus.examples["train"],
+            train_examples,
             batches,
-            pad_idx,
+            corpus.trg_vocab.pad_idx,
             settings.teacher_forcing_ratio,
             optimizer,
             settings.clip,
             settings.max_steps,
             f"epoch {epoch}",
         )
-        valid = run_epoch(model, corpus.examples["valid"], valid_batches, pad_idx, 0.0)
-        valid_forced = run_epoch(model, corpus.examples["valid"], valid_batches, pad_idx, 1.0)
-        log.info(_format_epoch(epoch, settings.epochs, train_result, valid, valid_forced))
+        train_seconds += result.seconds
         record = {
             "epoch": epoch,
-            "train_loss": train_result.loss,
-            "train_ppl": train_result.ppl,
-            "valid_loss": valid.loss,
-            "valid_ppl": valid.ppl,
-            "valid_teacher_forced_loss": valid_forced.loss,
-            "valid_teacher_forced_ppl": valid_forced.ppl,
-            "epoch_seconds": train_result.seconds,
-            "train_tokens_per_s": train_result.tokens / train_result.seconds,
+            "train_loss": result.loss,
+            "train_ppl": result.ppl,
+            **evaluate_split(model, corpus, "valid", config),
+            "epoch_seconds": result.seconds,
+            "train_seconds_total": train_seconds,
+            "train_tokens_per_s": result.tokens / result.seconds,
         }
+        log.info(_format_epoch(record, settings.epochs))
         with metrics_path.open("a", encoding="utf-8") as file:
             file.write(json.dumps(record) + "\n")
-        if valid.loss < best_valid_loss:
-            best_valid_loss = valid.loss
+        if record["valid_loss"] < best_valid_loss:
+            best_valid_loss = record["valid_loss"]
             save_checkpoint(
-                checkpoint_state(model, corpus, config, epoch=epoch, valid_loss=valid.loss),
+                checkpoint_state(model, corpus, config, epoch=epoch, valid_loss=best_valid_loss),
                 out_dir / "best.pt",
             )
-    return _test_best(model, corpus, config, out_dir)
-
-
-def _test_best(model: Seq2Seq, corpus: Corpus, config: Config, out_dir: Path) -> dict:
-    """Reload the best checkpoint and report its test loss and perplexity."""
     model.load_state_dict(load_checkpoint(out_dir / "best.pt")["model"])
-    test_batches = evaluation_batches(corpus.examples["test"], config.training.batch_size)
-    pad_idx = corpus.trg_vocab.pad_idx
-    test = run_epoch(model, corpus.examples["test"], test_batches, pad_idx, 0.0)
-    test_forced = run_epoch(model, corpus.examples["test"], test_batches, pad_idx, 1.0)
+    test = evaluate_split(model, corpus, "test", config)
     log.info(
-        "test (best checkpoint): teacher forcing off loss %.3f ppl %.2f | teacher-forced ppl %.2f",
-        test.loss,
-        test.ppl,
-        test_forced.ppl,
+        "test (best checkpoint): teacher forcing off loss %.3f ppl %.2f | "
+        "teacher-forced ppl %.2f | BLEU %.2f",
+        test["test_loss"],
+        test["test_ppl"],
+        test["test_teacher_forced_ppl"],
+        test["test_bleu"],
     )
-    return {
-        "test_loss": test.loss,
-        "test_ppl": test.ppl,
-        "test_teacher_forced_ppl": test_forced.ppl,
-        "out_dir": str(out_dir),
-    }
+    return test

@@ -9,14 +9,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from encdec.batching import collate, numericalize
+from encdec.batching import evaluation_batches, numericalize
 from encdec.checkpoint import load_checkpoint
 from encdec.config import Config, from_dict
 from encdec.corpus import tokenizers
 from encdec.metrics import bleu, bleu_tok, perplexity
 from encdec.model import Seq2Seq, build_model
-from encdec.search import decode
-from encdec.training import evaluation_batches, run_epoch
+from encdec.search import decode_examples
+from encdec.training import run_epoch
 from encdec.vocab import Vocab
 
 
@@ -64,22 +64,19 @@ class Translator:
             numericalize(tokens, [], self.src_vocab, self.trg_vocab, self.config.data.reverse_src)
             for tokens in source_tokens
         ]
-        translations: list[list[str]] = [[] for _ in sentences]
-        for indices in evaluation_batches(examples, decoding.batch_size):
-            batch = collate(examples, indices, self.src_vocab.pad_idx)
-            ids = decode(
-                self.model,
-                batch.src,
-                batch.src_lengths,
-                self.trg_vocab.sos_idx,
-                self.trg_vocab.eos_idx,
-                max_len,
-                temperature,
-                generator,
-            )
-            for index, sentence_ids in zip(indices, ids):
-                translations[index] = self._strip_specials(self.trg_vocab.decode(sentence_ids))
-        return translations
+        vocab = self.trg_vocab
+        ids = decode_examples(
+            self.model,
+            examples,
+            vocab.pad_idx,
+            vocab.sos_idx,
+            vocab.eos_idx,
+            max_len,
+            decoding.batch_size,
+            temperature,
+            generator,
+        )
+        return [vocab.decode(sentence_ids) for sentence_ids in ids]
 
     def translate(self, sentences: Sequence[str], **options) -> list[str]:
         """Translations as text, one per input sentence (an empty sentence gives '')."""
@@ -87,10 +84,6 @@ class Translator:
             self.trg_tokenizer.detokenize(tokens) if sentence.strip() else ""
             for sentence, tokens in zip(sentences, self.translate_tokens(sentences, **options))
         ]
-
-    def _strip_specials(self, tokens: list[str]) -> list[str]:
-        specials = {"<pad>", "<sos>", "<eos>"}  # <unk> stays: it says a word was not known
-        return [token for token in tokens if token not in specials]
 
     def evaluate(self, pairs: Sequence[tuple[str, str]]) -> dict:
         """Loss and perplexity (teacher forcing off, like validation) and BLEU on sentence pairs."""

@@ -22,6 +22,7 @@ class Vocab:
         if len(self.stoi) != len(self.itos):
             raise EncdecError("a vocabulary must not list a token twice")
         self.unk_idx, self.pad_idx, self.sos_idx, self.eos_idx = range(len(SPECIALS))
+        self.structural_ids = {self.pad_idx, self.sos_idx, self.eos_idx}
 
     @classmethod
     def build(cls, token_lists: Iterable[list[str]], min_freq: int = 2) -> Vocab:
@@ -40,7 +41,8 @@ class Vocab:
         return [self.stoi.get(token, self.unk_idx) for token in tokens]
 
     def decode(self, ids: Iterable[int]) -> list[str]:
-        return [self.itos[index] for index in ids]
+        """Tokens of a sentence: <sos>, <eos> and <pad> are dropped, <unk> stays as a marker."""
+        return [self.itos[index] for index in ids if index not in self.structural_ids]
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Vocab) and self.itos == other.itos
