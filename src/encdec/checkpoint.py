@@ -40,11 +40,14 @@ def load_checkpoint(path: str | Path) -> dict:
         raise EncdecError(
             f"checkpoint {path} cannot be read (truncated or not a checkpoint): {error}"
         ) from None
-    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
-        raise EncdecError(f"{path} is not an encdec checkpoint (missing model, config or vocab)")
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise EncdecError(f"{path} is not an encdec checkpoint (it has no format_version)")
+    # the version first: another format may name its keys differently
     if state["format_version"] != FORMAT_VERSION:
         raise EncdecError(
             f"checkpoint {path} has format version {state['format_version']}, this encdec reads "
             f"version {FORMAT_VERSION}: use the encdec release that wrote it"
         )
+    if any(key not in state for key in REQUIRED_KEYS):
+        raise EncdecError(f"{path} is not an encdec checkpoint (missing model, config or vocab)")
     return state

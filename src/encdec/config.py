@@ -138,6 +138,7 @@ def from_dict(raw: dict) -> Config:
     for section, values in (raw or {}).items():
         if section not in sections:
             raise EncdecError(f"unknown config section '{section}'{_suggest(section, sections)}")
+        values = {} if values is None else values  # a section with every key commented out
         if not isinstance(values, dict):
             raise EncdecError(f"config section '{section}' must be a mapping of keys to values")
         target = sections[section]
@@ -170,6 +171,8 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise EncdecError(f"config file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as error:  # a folder, no permission, not UTF-8
+            raise EncdecError(f"config file {path} cannot be read: {error}") from None
         except yaml.YAMLError as error:
             raise EncdecError(f"config file {path} is not valid YAML: {error}") from None
         if not isinstance(raw, dict):

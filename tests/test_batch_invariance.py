@@ -1,0 +1,31 @@
+"""Batching must not change a translation: the encoder packs, finished sentences leave the batch."""
+
+import pytest
+import torch
+
+from encdec.config import DataConfig, ModelConfig
+from encdec.corpus import build_corpus
+from encdec.model import build_model
+from encdec.search import decode_examples
+
+
+@pytest.fixture(scope="module")
+def test_split_and_model(multi30k_dir):
+    corpus = build_corpus(DataConfig(data_dir=str(multi30k_dir)))
+    torch.manual_seed(0)
+    config = ModelConfig(embedding_dim=32, hidden_dim=64, dropout=0.0)
+    model = build_model(config, len(corpus.src_vocab), len(corpus.trg_vocab)).eval()
+    return corpus, model
+
+
+def test_batched_greedy_equals_one_sentence_at_a_time_on_test_2016(test_split_and_model):
+    corpus, model = test_split_and_model
+    vocab, examples = corpus.trg_vocab, corpus.examples["test"]
+    assert len(examples) == 1000
+    specials = (vocab.pad_idx, vocab.sos_idx, vocab.eos_idx)
+    batched = decode_examples(model, examples, *specials, max_len=25, batch_size=128)
+    alone = [decode_examples(model, [example], *specials, max_len=25, batch_size=1)[0]
+             for example in examples]
+    differing = [i for i, (a, b) in enumerate(zip(batched, alone)) if a != b]
+    assert differing == []
+    assert len({tuple(ids) for ids in batched}) > 1  # the outputs are not all one trivial string

@@ -1,0 +1,148 @@
+"""Tests for encdec.checkpoint: atomic writes, round trips and clear errors on bad files."""
+
+import random
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from encdec import checkpoint
+from encdec.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from encdec.errors import EncdecError
+
+
+def make_state(seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "model": {
+            "embedding.weight": torch.randn(5, 3, generator=generator),
+            "rnn.bias": torch.randn(4, generator=generator),
+        },
+        "config": {"model": {"cell": "lstm", "hidden_dim": 4}},
+        "src_vocab": ["<unk>", "<pad>", "<sos>", "<eos>", "hund"],
+        "trg_vocab": ["<unk>", "<pad>", "<sos>", "<eos>", "dog"],
+        "step": 17,
+    }
+
+
+def names_file(path: Path) -> str:
+    return re.escape(str(path))
+
+
+def test_save_then_load_round_trips(tmp_path):
+    path = tmp_path / "model.pt"
+    state = make_state()
+    save_checkpoint(state, path)
+    loaded = load_checkpoint(path)
+    assert loaded["format_version"] == FORMAT_VERSION
+    assert loaded["model"].keys() == state["model"].keys()
+    for name, tensor in state["model"].items():
+        assert torch.equal(loaded["model"][name], tensor)
+    for key in ("config", "src_vocab", "trg_vocab", "step"):
+        assert loaded[key] == state[key]
+
+
+def test_save_replaces_an_existing_checkpoint(tmp_path):
+    path = tmp_path / "model.pt"
+    save_checkpoint(make_state(0), path)
+    save_checkpoint(make_state(1), path)
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["model"]["rnn.bias"], make_state(1)["model"]["rnn.bias"])
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_crash_during_save_leaves_old_checkpoint_and_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    save_checkpoint(make_state(0), path)
+    before = path.read_bytes()
+
+    def crashing_save(obj, file, *args, **kwargs):
+        file.write(b"half a checkpoint")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crashing_save)
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_checkpoint(make_state(1), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_crash_during_first_save_leaves_nothing(tmp_path, monkeypatch):
+    def crashing_save(obj, file, *args, **kwargs):
+        file.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.torch, "save", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(make_state(), tmp_path / "model.pt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_file_is_an_error(tmp_path):
+    path = tmp_path / "absent.pt"
+    with pytest.raises(EncdecError, match=names_file(path)):
+        load_checkpoint(path)
+
+
+def test_truncated_file_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "model.pt"
+    save_checkpoint(make_state(), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(EncdecError, match=names_file(path)):
+        load_checkpoint(path)
+
+
+def test_empty_file_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "empty.pt"
+    path.write_bytes(b"")
+    with pytest.raises(EncdecError, match=names_file(path)):
+        load_checkpoint(path)
+
+
+def test_random_bytes_are_an_error_naming_the_file(tmp_path):
+    path = tmp_path / "noise.pt"
+    path.write_bytes(random.Random(0).randbytes(4096))
+    with pytest.raises(EncdecError, match=names_file(path)):
+        load_checkpoint(path)
+
+
+def test_bare_tensor_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(EncdecError, match=names_file(path) + ".*not an encdec checkpoint"):
+        load_checkpoint(path)
+
+
+def test_dict_without_checkpoint_keys_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(3)}, path)
+    with pytest.raises(EncdecError, match=names_file(path) + ".*not an encdec checkpoint"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_missing_a_vocab_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "partial.pt"
+    state = make_state()
+    del state["trg_vocab"]
+    torch.save({"format_version": FORMAT_VERSION, **state}, path)
+    with pytest.raises(EncdecError, match=names_file(path)):
+        load_checkpoint(path)
+
+
+def test_newer_format_version_names_both_versions(tmp_path):
+    path = tmp_path / "future.pt"
+    torch.save({**make_state(), "format_version": 99}, path)
+    with pytest.raises(EncdecError) as caught:
+        load_checkpoint(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "99" in message
+    assert f"version {FORMAT_VERSION}" in message
+
+
+def test_newer_format_with_other_keys_still_reports_its_version(tmp_path):
+    path = tmp_path / "future.pt"
+    torch.save({"format_version": 99, "weights": {}}, path)
+    with pytest.raises(EncdecError, match="99"):
+        load_checkpoint(path)

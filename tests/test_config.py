@@ -1,0 +1,193 @@
+"""Tests for encdec.config: defaults, YAML files, --set overrides and validation."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from encdec.config import Config, DecodingConfig, load_config, parse_override
+from encdec.errors import EncdecError
+
+SEED_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "multi30k_seed.yaml"
+
+
+def write(folder: Path, text: str) -> Path:
+    path = folder / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_are_the_textbook_recipe():
+    config = load_config()
+    assert (config.data.dataset, config.data.src_lang, config.data.trg_lang) == (
+        "multi30k",
+        "de",
+        "en",
+    )
+    assert config.data.tokenizer == "spacy"
+    assert config.data.lowercase is True
+    assert config.data.reverse_src is True
+    assert config.data.min_freq == 2
+    assert config.model.cell == "lstm"
+    assert (config.model.embedding_dim, config.model.hidden_dim) == (256, 512)
+    assert config.model.num_layers == 2
+    assert config.model.dropout == 0.5
+    assert (config.training.epochs, config.training.batch_size) == (10, 128)
+    assert config.training.lr == 0.001
+    assert config.training.clip == 1.0
+    assert config.training.teacher_forcing_ratio == 0.5
+    assert config.training.seed == 1234
+    assert config.decoding.max_len == 50
+    assert config.decoding.temperature == 0.0
+
+
+def test_seed_config_loads_and_equals_the_defaults():
+    assert load_config(SEED_CONFIG) == Config()
+
+
+def test_empty_file_gives_the_defaults(tmp_path):
+    assert load_config(write(tmp_path, "")) == Config()
+
+
+def test_file_values_are_applied(tmp_path):
+    config = load_config(write(tmp_path, "model:\n  cell: gru\n  hidden_dim: 64\n"))
+    assert config.model.cell == "gru"
+    assert config.model.hidden_dim == 64
+    assert config.model.embedding_dim == 256
+
+
+def test_overrides_parse_yaml_values():
+    config = load_config(
+        None, ["model.dropout=0.5", "data.lowercase=false", "data.max_len=null", "model.cell=gru"]
+    )
+    assert config.model.dropout == 0.5
+    assert config.data.lowercase is False
+    assert config.data.max_len is None
+    assert config.model.cell == "gru"
+
+
+def test_parse_override_reads_true_null_and_numbers():
+    assert parse_override("data.reverse_src=true") == ("data", "reverse_src", True)
+    assert parse_override("data.max_len=null") == ("data", "max_len", None)
+    assert parse_override("training.lr=0.5") == ("training", "lr", 0.5)
+    assert parse_override("training.epochs=3") == ("training", "epochs", 3)
+
+
+def test_overrides_win_over_the_file(tmp_path):
+    path = write(tmp_path, "training:\n  epochs: 3\n")
+    assert load_config(path, ["training.epochs=7"]).training.epochs == 7
+
+
+def test_override_without_section_is_an_error():
+    with pytest.raises(EncdecError, match="section.key=value"):
+        load_config(None, ["epochs=3"])
+
+
+def test_unknown_key_suggests_the_closest_key():
+    with pytest.raises(EncdecError, match="training.epoch'.*'epochs'"):
+        load_config(None, ["training.epoch=3"])
+
+
+def test_unknown_key_in_file_suggests_the_closest_key(tmp_path):
+    with pytest.raises(EncdecError, match="hidden_dim"):
+        load_config(write(tmp_path, "model:\n  hiden_dim: 64\n"))
+
+
+def test_unknown_section_suggests_the_closest_section():
+    with pytest.raises(EncdecError, match="'trainig'.*'training'"):
+        load_config(None, ["trainig.epochs=3"])
+
+
+def test_section_that_is_not_a_mapping_is_an_error(tmp_path):
+    with pytest.raises(EncdecError, match="model"):
+        load_config(write(tmp_path, "model: 3\n"))
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ('training.epochs="a"', "training.epochs"),
+        ("training.epochs=2.5", "training.epochs"),
+        ("training.epochs=true", "training.epochs"),
+        ("training.lr=fast", "training.lr"),
+        ("data.lowercase=3", "data.lowercase"),
+        ("data.data_dir=5", "data.data_dir"),
+    ],
+)
+def test_wrong_type_names_the_field(override, field):
+    with pytest.raises(EncdecError, match=field):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("model.dropout=1.5", "model.dropout"),
+        ("training.teacher_forcing_ratio=-0.1", "training.teacher_forcing_ratio"),
+        ("model.cell=rnn", "model.cell"),
+        ("data.tokenizer=bpe", "data.tokenizer"),
+        ("training.batch_size=0", "training.batch_size"),
+        ("training.lr=-0.001", "training.lr"),
+        ("data.max_len=0", "data.max_len"),
+    ],
+)
+def test_out_of_range_names_the_field(override, field):
+    with pytest.raises(EncdecError, match=field):
+        load_config(None, [override])
+
+
+def test_fraction_bounds_are_allowed():
+    config = load_config(None, ["model.dropout=0", "training.teacher_forcing_ratio=1"])
+    assert config.model.dropout == 0.0
+    assert config.training.teacher_forcing_ratio == 1.0
+
+
+def test_int_is_accepted_for_float_fields():
+    config = load_config(None, ["training.lr=1", "decoding.temperature=2"])
+    assert config.training.lr == 1.0
+    assert isinstance(config.training.lr, float)
+    assert isinstance(config.decoding.temperature, float)
+
+
+def test_null_is_accepted_for_optional_fields_only():
+    assert load_config(None, ["training.max_steps=null"]).training.max_steps is None
+    with pytest.raises(EncdecError, match="training.epochs"):
+        load_config(None, ["training.epochs=null"])
+
+
+def test_missing_file_names_the_file(tmp_path):
+    path = tmp_path / "nowhere.yaml"
+    with pytest.raises(EncdecError, match="nowhere.yaml"):
+        load_config(path)
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    path = write(tmp_path, "model: [1, 2\n")
+    with pytest.raises(EncdecError, match=re.escape(str(path))):
+        load_config(path)
+
+
+def test_yaml_that_is_not_a_mapping_names_the_file(tmp_path):
+    path = write(tmp_path, "- data\n- model\n")
+    with pytest.raises(EncdecError, match=re.escape(str(path))):
+        load_config(path)
+
+
+def test_file_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("data:\n  src_lang: d\xe9\n".encode("latin-1"))
+    with pytest.raises(EncdecError, match="latin1.yaml"):
+        load_config(path)
+
+
+def test_folder_instead_of_file_names_the_folder(tmp_path):
+    with pytest.raises(EncdecError, match=re.escape(str(tmp_path))):
+        load_config(tmp_path)
+
+
+def test_section_with_every_key_commented_out_keeps_the_defaults(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("decoding:\n  # max_len: 20\ntraining:\n  epochs: 3\n", encoding="utf-8")
+    config = load_config(path)
+    assert config.decoding == DecodingConfig()
+    assert config.training.epochs == 3

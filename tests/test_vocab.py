@@ -1,0 +1,137 @@
+"""Tests for encdec.vocab, and the Multi30k vocabulary sizes the textbook publishes."""
+
+import random
+from collections import Counter
+
+import pytest
+
+from encdec.config import DataConfig
+from encdec.corpus import build_corpus
+from encdec.errors import EncdecError
+from encdec.tokenize import Tokenizer
+from encdec.vocab import EOS, PAD, SOS, SPECIALS, UNK, Vocab
+
+SENTENCES = [
+    ["a", "dog", "runs"],
+    ["a", "cat", "runs"],
+    ["a", "dog", "sleeps"],
+    ["the", "bird"],
+]
+
+
+def test_specials_come_first_in_order():
+    vocab = Vocab.build(SENTENCES)
+    assert vocab.itos[:4] == [UNK, PAD, SOS, EOS]
+    assert (vocab.stoi[UNK], vocab.stoi[PAD], vocab.stoi[SOS], vocab.stoi[EOS]) == (0, 1, 2, 3)
+    assert (vocab.unk_idx, vocab.pad_idx, vocab.sos_idx, vocab.eos_idx) == (0, 1, 2, 3)
+
+
+def test_min_freq_keeps_tokens_seen_often_enough():
+    vocab = Vocab.build(SENTENCES, min_freq=2)
+    assert set(vocab.itos[4:]) == {"a", "dog", "runs"}
+
+
+def test_min_freq_one_keeps_every_token():
+    vocab = Vocab.build(SENTENCES, min_freq=1)
+    assert set(vocab.itos[4:]) == {"a", "dog", "runs", "cat", "sleeps", "the", "bird"}
+
+
+def test_min_freq_drops_everything_below_it():
+    vocab = Vocab.build(SENTENCES, min_freq=4)
+    assert vocab.itos == list(SPECIALS)
+
+
+def test_rare_words_become_unk():
+    vocab = Vocab.build(SENTENCES, min_freq=2)
+    assert vocab.encode(["a", "cat", "runs"]) == [vocab.stoi["a"], 0, vocab.stoi["runs"]]
+
+
+def test_unseen_words_become_unk():
+    vocab = Vocab.build(SENTENCES, min_freq=1)
+    assert vocab.encode(["zebra", "dog"]) == [vocab.unk_idx, vocab.stoi["dog"]]
+
+
+def test_specials_in_text_are_not_added_twice():
+    vocab = Vocab.build([[PAD, PAD, "x", "x", EOS, EOS]], min_freq=1)
+    assert vocab.itos == [*SPECIALS, "x"]
+
+
+def test_most_frequent_tokens_come_first():
+    vocab = Vocab.build(SENTENCES, min_freq=1)
+    # a:3; dog, runs: 2; then the singletons; ties broken alphabetically
+    assert vocab.itos[4:] == ["a", "dog", "runs", "bird", "cat", "sleeps", "the"]
+
+
+def test_order_does_not_depend_on_input_order():
+    shuffled = [list(tokens) for tokens in SENTENCES]
+    rng = random.Random(0)
+    for tokens in shuffled:
+        rng.shuffle(tokens)
+    rng.shuffle(shuffled)
+    assert Vocab.build(shuffled, min_freq=1).itos == Vocab.build(SENTENCES, min_freq=1).itos
+
+
+def test_decode_drops_structural_tokens_but_keeps_unk():
+    vocab = Vocab.build(SENTENCES, min_freq=1)
+    ids = [vocab.sos_idx, vocab.stoi["a"], vocab.unk_idx, vocab.eos_idx, vocab.pad_idx]
+    assert vocab.decode(ids) == ["a", UNK]
+
+
+def test_encode_then_decode_round_trips_known_tokens():
+    vocab = Vocab.build(SENTENCES, min_freq=1)
+    assert vocab.decode(vocab.encode(["the", "cat", "sleeps"])) == ["the", "cat", "sleeps"]
+
+
+def test_rebuilding_from_itos_gives_an_equal_vocab():
+    vocab = Vocab.build(SENTENCES, min_freq=1)
+    rebuilt = Vocab(vocab.itos)
+    assert rebuilt == vocab
+    assert rebuilt.stoi == vocab.stoi
+
+
+def test_vocabs_with_different_tokens_are_unequal():
+    assert Vocab.build(SENTENCES, min_freq=1) != Vocab.build(SENTENCES, min_freq=2)
+    assert Vocab(SPECIALS) != list(SPECIALS)
+
+
+def test_duplicate_token_is_an_error():
+    with pytest.raises(EncdecError, match="twice"):
+        Vocab([*SPECIALS, "dog", "cat", "dog"])
+
+
+def test_missing_specials_is_an_error():
+    with pytest.raises(EncdecError, match="specials"):
+        Vocab(["dog", "cat"])
+
+
+def test_specials_in_wrong_order_is_an_error():
+    with pytest.raises(EncdecError, match="specials"):
+        Vocab([PAD, UNK, SOS, EOS, "dog"])
+
+
+@pytest.fixture(scope="module")
+def multi30k_corpus(multi30k_dir):
+    return build_corpus(DataConfig(data_dir=str(multi30k_dir)))
+
+
+def test_multi30k_vocab_sizes_match_the_textbook(multi30k_corpus):
+    assert len(multi30k_corpus.src_vocab) == 7853
+    assert len(multi30k_corpus.trg_vocab) == 5893
+
+
+@pytest.mark.parametrize("side, lang", [(0, "de"), (1, "en")])
+def test_multi30k_vocab_is_built_from_training_only(multi30k_corpus, side, lang):
+    vocab = (multi30k_corpus.src_vocab, multi30k_corpus.trg_vocab)[side]
+    pairs = multi30k_corpus.pairs
+    test_counts = Counter(
+        token
+        for tokens in Tokenizer("spacy", lang).tokenize_many(pair[side] for pair in pairs["test"])
+        for token in tokens
+    )
+    train_text = " ".join(pair[side] for pair in pairs["train"]).lower()
+    # frequent enough in test alone that a vocab built from all splits would have kept it
+    test_only = [
+        token for token, count in test_counts.items() if count >= 2 and token not in train_text
+    ]
+    assert test_only
+    assert not any(token in vocab.stoi for token in test_only)
