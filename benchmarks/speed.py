@@ -30,7 +30,7 @@ from encdec.config import DataConfig, ModelConfig  # noqa: E402
 from encdec.corpus import build_corpus  # noqa: E402
 from encdec.model import build_model  # noqa: E402
 from encdec.search import decode_examples  # noqa: E402
-from encdec.training import run_epoch  # noqa: E402
+from encdec.training import make_optimizer, run_epoch  # noqa: E402
 from encdec.translator import Translator, quantize_int8  # noqa: E402
 
 
@@ -75,7 +75,7 @@ def time_reference_training(model, examples, batches, pad_idx, ratio) -> tuple[i
 
 
 def time_encdec_training(model, examples, batches, pad_idx, ratio) -> tuple[int, float]:
-    optimizer = torch.optim.Adam(model.parameters())
+    optimizer = make_optimizer(model, lr=0.001)
     result = run_epoch(model, examples, batches, pad_idx, ratio, optimizer)
     return result.tokens, result.seconds
 
@@ -91,6 +91,27 @@ def time_encdec_translation(model, examples, pad_idx, sos_idx, eos_idx, max_len)
     start = time.perf_counter()
     decode_examples(model, examples, pad_idx, sos_idx, eos_idx, max_len, batch_size=128)
     return time.perf_counter() - start
+
+
+def adam_step_milliseconds(model: nn.Module, rounds: int) -> dict[str, list[float]]:
+    """Time one Adam step over the model's parameters for each of PyTorch's implementations."""
+    for parameter in model.parameters():
+        parameter.grad = torch.randn_like(parameter)
+    timings = {}
+    for name, options in (
+        ("for-loop", {"foreach": False}),
+        ("foreach", {"foreach": True}),
+        ("fused", {"fused": True}),
+    ):
+        optimizer = torch.optim.Adam(model.parameters(), **options)
+        optimizer.step()  # allocates the moment buffers
+        timings[name] = []
+        for _ in range(5 * rounds):
+            start = time.perf_counter()
+            optimizer.step()
+            timings[name].append(1000 * (time.perf_counter() - start))
+    model.zero_grad(set_to_none=True)
+    return timings
 
 
 def summary(values: list[float]) -> str:
@@ -134,6 +155,15 @@ def main() -> None:
     encdec_model = build_model(ModelConfig(), *sizes)
     reference_model = reference.build_reference(*sizes)
     reference_model.load_state_dict(encdec_model.state_dict())
+    adam = adam_step_milliseconds(build_model(ModelConfig(), *sizes), rounds)
+    print(
+        "Adam step, 13.9M parameters: "
+        + " | ".join(
+            f"{name} {statistics.median(ms):.1f} ms ({min(ms):.1f}-{max(ms):.1f})"
+            for name, ms in adam.items()
+        ),
+        flush=True,
+    )
     rng = random.Random(0)
     for ratio in (0.5, 1.0):
         speeds = {"reference": [], "encdec": [], "reference_util": [], "encdec_util": []}

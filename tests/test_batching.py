@@ -147,3 +147,14 @@ def test_bucketing_cuts_padding_on_multi30k(multi30k_train_examples):
     bucketed = padding_fraction(examples, bucket_batches(examples, 128, 100, random.Random(0)))
     assert plain > 0.3
     assert bucketed < plain / 3
+
+
+def test_token_batches_stay_within_the_token_budget_and_keep_every_example():
+    examples = [([0] * n, [0] * (n + 1)) for n in random.Random(3).choices(range(2, 40), k=500)]
+    batches = bucket_batches(examples, 64, 10, random.Random(0), max_tokens=300)
+    assert sorted(all_indices(batches)) == list(range(len(examples)))
+    for batch in batches:
+        longest = max(len(examples[i][0]) + len(examples[i][1]) for i in batch)
+        assert len(batch) <= 64
+        assert len(batch) * longest <= 300 or len(batch) == 1
+    assert len({len(batch) for batch in batches}) > 3  # short sentences get bigger batches

@@ -68,12 +68,14 @@ def bucket_batches(
     batch_size: int,
     pool_batches: int,
     rng: random.Random | None,
+    max_tokens: int | None = None,
 ) -> list[list[int]]:
     """Group example indices into batches of similar length to cut padding.
 
     The examples are shuffled (when `rng` is given), cut into pools of `pool_batches` batches,
     each pool sorted by length and sliced into batches, and the batch order shuffled again.
     `pool_batches=1` gives plain random batches; `rng=None` keeps the data order (evaluation).
+    With `max_tokens`, a batch also ends before its padded source + target positions pass it.
     """
     order = list(range(len(examples)))
     if rng is not None:
@@ -85,10 +87,29 @@ def bucket_batches(
             order[start : start + pool_size],
             key=lambda i: (len(examples[i][0]), len(examples[i][1])),
         )
-        batches += [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
+        batches += _slice(pool, examples, batch_size, max_tokens)
     if rng is not None:
         rng.shuffle(batches)
     return batches
+
+
+def _slice(
+    pool: list[int], examples: Sequence[Example], batch_size: int, max_tokens: int | None
+) -> list[list[int]]:
+    """Cut a length-sorted pool into consecutive batches within both limits."""
+    if max_tokens is None:
+        return [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
+    batches, batch, longest = [], [], 0
+    for index in pool:
+        length = len(examples[index][0]) + len(examples[index][1])
+        if batch and (
+            len(batch) == batch_size or (len(batch) + 1) * max(longest, length) > max_tokens
+        ):
+            batches.append(batch)
+            batch, longest = [], 0
+        batch.append(index)
+        longest = max(longest, length)
+    return batches + [batch] if batch else batches
 
 
 def padding_fraction(examples: Sequence[Example], batches: Sequence[list[int]]) -> float:

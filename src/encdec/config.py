@@ -55,6 +55,7 @@ class TrainingConfig:
     seed: int = 1234
     max_steps: int | None = None  # end each epoch after this many batches
     bucket_pool: int = 100  # batches per length-sorted pool; 1 means no bucketing
+    batch_tokens: int | None = None  # also cap padded source + target positions per batch
 
 
 @dataclass
@@ -92,6 +93,7 @@ POSITIVE = {
     ("training", "clip"),
     ("training", "max_steps"),
     ("training", "bucket_pool"),
+    ("training", "batch_tokens"),
     ("decoding", "max_len"),
     ("decoding", "batch_size"),
 }

@@ -50,6 +50,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def make_optimizer(model: Seq2Seq, lr: float) -> torch.optim.Adam:
+    # The fused kernel updates all weights in one pass: ~5x faster than the default on CPU
+    # (benchmarks/speed.py prints the three implementations side by side).
+    return torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+
+
 def run_epoch(
     model: Seq2Seq,
     examples: Sequence[Example],
@@ -176,14 +182,18 @@ def train(config: Config, out_dir: str | Path, quiet: bool = False) -> dict:
         yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8"
     )
     settings, train_examples = config.training, corpus.examples["train"]
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    optimizer = make_optimizer(model, settings.lr)
     data_order = random.Random(settings.seed)
     best_valid_loss, train_seconds = float("inf"), 0.0
     metrics_path = out_dir / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)
     for epoch in range(1, settings.epochs + 1):
         batches = bucket_batches(
-            train_examples, settings.batch_size, settings.bucket_pool, data_order
+            train_examples,
+            settings.batch_size,
+            settings.bucket_pool,
+            data_order,
+            settings.batch_tokens,
         )
         if epoch == 1:
             padding = padding_fraction(train_examples, batches)
