@@ -11,3 +11,15 @@ def multi30k_dir() -> Path:
     """The shared Multi30k copy: $ENCDEC_DATA, else ../shared/data/multi30k beside the repo."""
     repo_root = Path(__file__).resolve().parent.parent
     return Path(os.environ.get("ENCDEC_DATA") or repo_root.parent / "shared/data/multi30k")
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint(tmp_path_factory) -> Path:
+    """best.pt of the `encdec demo` model (toy English->Spanish), trained once per session."""
+    from encdec.cli import DEMO_CONFIG
+    from encdec.config import from_dict
+    from encdec.training import train
+
+    out_dir = tmp_path_factory.mktemp("demo_run")
+    train(from_dict(DEMO_CONFIG), out_dir, quiet=True)
+    return out_dir / "best.pt"
