@@ -208,6 +208,10 @@ def main() -> None:
         "sent/s",
     )
     report("int8 translation vs fp32 batched", encdec_rates, int8_rates, "sent/s")
+    encoder_macs, decoder_macs = macs_per_token(encdec_model)
+    flops = sum(2 * (len(src) * encoder_macs + 25 * decoder_macs) for src, _ in test) / len(test)
+    print(f"fp32 ceiling at the matmul peak, 25 decoder steps: {peak * 1e9 / flops:,.0f} sent/s "
+          f"({flops / 1e6:.0f} MFLOP per sentence)")
     if args.checkpoint:
         report_int8_bleu(args.checkpoint, args.data_dir)
 

@@ -1,0 +1,185 @@
+"""Tests for encdec.model: shapes, the published size, initialisation, and the fast decoder path."""
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from encdec.batching import bucket_batches, collate
+from encdec.config import DataConfig, ModelConfig
+from encdec.corpus import build_corpus
+from encdec.errors import EncdecError
+from encdec.model import Decoder, Encoder, Seq2Seq, build_model, count_parameters
+from encdec.training import make_optimizer, run_epoch, seed_everything
+
+PAD, SOS, EOS = 1, 2, 3
+SRC_VOCAB, TRG_VOCAB = 11, 13
+
+
+def tiny_model(cell: str = "lstm", dropout: float = 0.0, seed: int = 0) -> Seq2Seq:
+    torch.manual_seed(seed)
+    config = ModelConfig(cell=cell, embedding_dim=16, hidden_dim=32, num_layers=2, dropout=dropout)
+    return build_model(config, SRC_VOCAB, TRG_VOCAB)
+
+
+def random_batch(lengths: list[int], vocab_size: int, seed: int) -> torch.Tensor:
+    """A (max(lengths), B) batch of <sos> w... <eos> columns, padded after each sentence."""
+    generator = torch.Generator().manual_seed(seed)
+    columns = [
+        [SOS, *torch.randint(4, vocab_size, (length - 2,), generator=generator).tolist(), EOS]
+        for length in lengths
+    ]
+    batch = torch.full((max(lengths), len(lengths)), PAD, dtype=torch.long)
+    for column, ids in enumerate(columns):
+        batch[: len(ids), column] = torch.tensor(ids)
+    return batch
+
+
+def teacher_forced_by_hand(model: Seq2Seq, src, src_lengths, trg) -> torch.Tensor:
+    """The textbook loop: one decoder call per target position, fed the true previous token."""
+    state = model.encoder(src, src_lengths)
+    predictions = []
+    for t in range(trg.shape[0] - 1):
+        prediction, state = model.decoder(trg[t : t + 1], state)  # (1, B, V)
+        predictions.append(prediction)
+    return torch.cat(predictions)  # (T-1, B, V)
+
+
+def free_running_by_hand(model: Seq2Seq, src, src_lengths, trg) -> torch.Tensor:
+    """One decoder call per position, fed the model's own previous argmax."""
+    state = model.encoder(src, src_lengths)
+    predictions, tokens = [], trg[:1]
+    for _ in range(trg.shape[0] - 1):
+        prediction, state = model.decoder(tokens, state)  # (1, B, V)
+        predictions.append(prediction)
+        tokens = prediction.argmax(-1)  # (1, B)
+    return torch.cat(predictions)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_forward_scores_every_target_position_after_sos(cell):
+    model = tiny_model(cell).eval()
+    src, trg = random_batch([6, 4, 5], SRC_VOCAB, 1), random_batch([7, 3, 5], TRG_VOCAB, 2)
+    logits = model(src, torch.tensor([6, 4, 5]), trg, teacher_forcing_ratio=0.5)
+    assert logits.shape == (6, 3, TRG_VOCAB)
+
+
+def test_lstm_context_is_hidden_and_cell_per_layer():
+    model = tiny_model("lstm")
+    context = model.encoder(random_batch([6, 4, 5], SRC_VOCAB, 1), torch.tensor([6, 4, 5]))
+    assert isinstance(context, tuple) and len(context) == 2
+    hidden, cell = context
+    assert hidden.shape == cell.shape == (2, 3, 32)
+
+
+def test_gru_context_is_one_hidden_tensor_per_layer():
+    model = tiny_model("gru")
+    context = model.encoder(random_batch([6, 4, 5], SRC_VOCAB, 1), torch.tensor([6, 4, 5]))
+    assert isinstance(context, torch.Tensor)
+    assert context.shape == (2, 3, 32)
+
+
+def test_textbook_model_has_the_published_parameter_count():
+    # 7853 German and 5893 English words: Multi30k with min_freq 2, as in the tutorial.
+    assert count_parameters(build_model(ModelConfig(), 7853, 5893)) == 13_898_501
+
+
+def test_every_parameter_starts_uniform_within_0_08():
+    values = torch.cat([p.detach().flatten() for p in tiny_model().parameters()])
+    assert values.min() >= -0.08 and values.max() <= 0.08
+    # spread over the whole range, not a narrower default initialisation
+    assert values.min() < -0.079 and values.max() > 0.079
+    assert values.abs().mean() == pytest.approx(0.04, abs=0.003)
+
+
+def test_encoder_and_decoder_hidden_size_must_match():
+    with pytest.raises(EncdecError, match="hidden_dim"):
+        Seq2Seq(Encoder(10, 16, 32, 2, 0.0), Decoder(10, 16, 64, 2, 0.0))
+
+
+def test_encoder_and_decoder_layer_count_must_match():
+    with pytest.raises(EncdecError, match="num_layers"):
+        Seq2Seq(Encoder(10, 16, 32, 2, 0.0), Decoder(10, 16, 32, 3, 0.0))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_context_vector_same_alone_and_in_padded_batch(cell):
+    model = tiny_model(cell, dropout=0.5).eval()
+    batch = random_batch([4, 9], SRC_VOCAB, 3)  # column 0 is padded after its 4 tokens
+    alone = model.encoder(batch[:4, :1], torch.tensor([4]))
+    batched = model.encoder(batch, torch.tensor([4, 9]))
+    alone = alone if isinstance(alone, tuple) else (alone,)
+    batched = batched if isinstance(batched, tuple) else (batched,)
+    for alone_part, batched_part in zip(alone, batched, strict=True):  # h, then c for an LSTM
+        torch.testing.assert_close(batched_part[:, :1], alone_part, atol=1e-6, rtol=0)
+    # the longer sentence really was read further: its context differs
+    assert not torch.allclose(batched[0][:, 0], batched[0][:, 1], atol=1e-3)
+
+
+def test_fast_path_matches_step_loop():
+    model = tiny_model(dropout=0.0)
+    src_lengths, trg_lengths = [6, 4, 5, 3], [7, 3, 6, 5]
+    src, trg = random_batch(src_lengths, SRC_VOCAB, 4), random_batch(trg_lengths, TRG_VOCAB, 5)
+    with torch.no_grad():
+        fast = model(src, torch.tensor(src_lengths), trg, teacher_forcing_ratio=1.0)
+        by_hand = teacher_forced_by_hand(model, src, torch.tensor(src_lengths), trg)
+    torch.testing.assert_close(fast, by_hand, atol=1e-5, rtol=0)
+
+    # run_epoch's loss (the fast path, shifted by one) equals the loop's per-token loss
+    examples = [
+        (src[:n, b].tolist(), trg[:m, b].tolist())
+        for b, (n, m) in enumerate(zip(src_lengths, trg_lengths))
+    ]
+    epoch_loss = run_epoch(model, examples, [[0, 1, 2, 3]], PAD, teacher_forcing_ratio=1.0).loss
+    criterion = nn.CrossEntropyLoss(ignore_index=PAD, reduction="sum")
+    loop_loss = criterion(by_hand.flatten(0, 1), trg[1:].flatten()) / sum(
+        m - 1 for m in trg_lengths
+    )
+    assert epoch_loss == pytest.approx(loop_loss.item(), abs=1e-5)
+
+
+def test_no_teacher_forcing_feeds_the_models_own_argmax():
+    model = tiny_model(dropout=0.0)
+    src, trg = random_batch([6, 4, 5], SRC_VOCAB, 6), random_batch([8, 8, 8], TRG_VOCAB, 7)
+    lengths = torch.tensor([6, 4, 5])
+    with torch.no_grad():
+        free = model(src, lengths, trg, teacher_forcing_ratio=0.0)
+        by_hand = free_running_by_hand(model, src, lengths, trg)
+        forced = teacher_forced_by_hand(model, src, lengths, trg)
+    torch.testing.assert_close(free, by_hand, atol=1e-5, rtol=0)
+    assert not torch.allclose(free, forced, atol=1e-3)  # the true tokens were not fed
+
+
+@pytest.fixture(scope="module")
+def toy_corpus():
+    return build_corpus(DataConfig(dataset="toy", min_freq=1))
+
+
+def parameters_after_two_steps(corpus, seed: int) -> dict[str, torch.Tensor]:
+    seed_everything(seed)
+    config = ModelConfig(embedding_dim=16, hidden_dim=32, dropout=0.5)
+    model = build_model(config, len(corpus.src_vocab), len(corpus.trg_vocab))
+    examples = corpus.examples["train"]
+    batches = bucket_batches(examples, 8, 4, random.Random(seed))
+    pad_idx = corpus.trg_vocab.pad_idx
+    # dropout and teacher-forcing coins both draw random numbers
+    run_epoch(model, examples, batches, pad_idx, 0.5, make_optimizer(model, 0.01), max_steps=2)
+    return model.state_dict()
+
+
+def test_same_seed_gives_identical_parameters_after_training_steps(toy_corpus):
+    first = parameters_after_two_steps(toy_corpus, seed=7)
+    second = parameters_after_two_steps(toy_corpus, seed=7)
+    other_seed = parameters_after_two_steps(toy_corpus, seed=8)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    assert not all(torch.equal(first[name], other_seed[name]) for name in first)
+
+
+def test_collated_batch_feeds_forward():
+    """A batch from collate() (the training path) goes through the model unchanged in shape."""
+    examples = [([SOS, 5, 6, EOS], [SOS, 7, EOS]), ([SOS, 5, EOS], [SOS, 7, 8, 9, EOS])]
+    batch = collate(examples, [0, 1], PAD)
+    logits = tiny_model()(batch.src, batch.src_lengths, batch.trg)
+    assert logits.shape == (batch.trg.shape[0] - 1, 2, TRG_VOCAB)
