@@ -36,15 +36,6 @@ class Batch:
     n_target_tokens: int  # tokens the loss is computed on: non-padding positions after <sos>
     indices: list[int]  # positions of these examples in the dataset
 
-    def to(self, device: torch.device) -> Batch:
-        return Batch(
-            self.src.to(device),
-            self.src_lengths,
-            self.trg.to(device),
-            self.n_target_tokens,
-            self.indices,
-        )
-
 
 def pad(sequences: Sequence[list[int]], pad_idx: int) -> torch.Tensor:
     """Stack id lists into a (max_len, B) tensor filled with `pad_idx` after each sequence."""
