@@ -1,9 +1,29 @@
 """Fixtures shared by the test modules."""
 
+import contextlib
 import os
 from pathlib import Path
 
 import pytest
+import torch
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Run torch with `count` intra-op threads, then restore the previous number."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread; with two, a busy CPU can slow them tenfold."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -21,5 +41,6 @@ def demo_checkpoint(tmp_path_factory) -> Path:
     from encdec.training import train
 
     out_dir = tmp_path_factory.mktemp("demo_run")
-    train(from_dict(DEMO_CONFIG), out_dir, quiet=True)
+    with torch_threads(1):
+        train(from_dict(DEMO_CONFIG), out_dir, quiet=True)
     return out_dir / "best.pt"

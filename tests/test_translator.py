@@ -1,0 +1,62 @@
+"""Tests for encdec.translator on the demo's toy English->Spanish model (trained once)."""
+
+import math
+
+import pytest
+
+from encdec.data import toy_phrases
+from encdec.translator import Translator
+from encdec.vocab import EOS, PAD, SOS
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+UNSEEN = ["the purple elephant sings", "zebra", "go go go go go go go go go go go go"]
+
+
+@pytest.fixture(scope="module")
+def translator(demo_checkpoint) -> Translator:
+    return Translator.load(demo_checkpoint)
+
+
+def test_demo_model_translates_lets_go(translator):
+    assert translator.translate(["let's go"]) == ["vamos"]
+
+
+def test_structural_specials_never_appear_in_output(translator):
+    sources = [source for source, _ in toy_phrases()["train"]] + UNSEEN
+    # hot sampling from a peaked model picks unlikely ids, <pad> and <sos> among them
+    for options in ({}, {"temperature": 20.0, "seed": 0}, {"temperature": 20.0, "seed": 1}):
+        for tokens in translator.translate_tokens(sources, **options):
+            assert not {SOS, EOS, PAD} & set(tokens)
+        for text in translator.translate(sources, **options):
+            assert not any(special in text for special in (SOS, EOS, PAD))
+
+
+def test_empty_and_blank_lines_give_empty_translations_in_place(translator):
+    sources = ["let's go", "", "   ", "good morning", "\t"]
+    translations = translator.translate(sources)
+    assert len(translations) == len(sources)
+    assert translations == ["vamos", "", "", "buenos días", ""]
+
+
+def test_translating_a_list_equals_translating_each_sentence_alone(translator):
+    sources = [source for source, _ in toy_phrases()["train"][::7]] + UNSEEN
+    assert translator.translate(sources) == [translator.translate([s])[0] for s in sources]
+
+
+def test_evaluate_scores_memorised_pairs_near_perfectly(translator):
+    pairs = toy_phrases()["valid"]  # ten training pairs the demo model has learnt by heart
+    scores = translator.evaluate(pairs)
+    assert set(scores) == {"loss", "ppl", "bleu", "bleu_tok"}
+    assert scores["loss"] < 0.5
+    assert scores["ppl"] == pytest.approx(math.exp(scores["loss"]))
+    assert scores["bleu"] > 90
+    assert scores["bleu_tok"] > 90
+
+
+def test_evaluate_scores_wrong_references_low(translator):
+    pairs = toy_phrases()["valid"]
+    shifted = [(source, reference) for (source, _), (_, reference) in zip(pairs, pairs[1:])]
+    scores = translator.evaluate(shifted)
+    assert scores["bleu"] < 30
+    assert scores["loss"] > 2.0
