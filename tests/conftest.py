@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -26,11 +27,30 @@ def one_torch_thread():
         yield
 
 
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Tests may talk to servers on 127.0.0.1 only; any other host fails the test at once."""
+    real_getaddrinfo = socket.getaddrinfo
+
+    def loopback_only(host, *args, **kwargs):
+        if host not in LOOPBACK_HOSTS:
+            raise OSError(f"tests must not touch the network (tried to resolve {host!r})")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", loopback_only)
+
+
 @pytest.fixture(scope="session")
 def multi30k_dir() -> Path:
     """The shared Multi30k copy: $ENCDEC_DATA, else ../shared/data/multi30k beside the repo."""
     repo_root = Path(__file__).resolve().parent.parent
-    return Path(os.environ.get("ENCDEC_DATA") or repo_root.parent / "shared/data/multi30k")
+    folder = Path(os.environ.get("ENCDEC_DATA") or repo_root.parent / "shared/data/multi30k")
+    if not (folder / "train.de.gz").is_file():
+        pytest.fail(f"Multi30k not found in {folder}: set ENCDEC_DATA to the shared copy")
+    return folder
 
 
 @pytest.fixture(scope="session")
