@@ -100,7 +100,7 @@ def test_evaluate_test_split_prints_json_scores(smoke_run, multi30k_dir, capsys)
     argv = ["evaluate", str(smoke_run / "best.pt"), "--split", "test"]
     assert main([*argv, "--data-dir", str(multi30k_dir), "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)
-    assert set(scores) == {"loss", "ppl", "bleu", "bleu_tok"}
+    assert set(scores) == {"loss", "ppl", "bleu", "bleu_tok", "chrf"}
     # one training step: barely better than a uniform guess over the 5893 English words
     assert 5.0 < scores["loss"] < math.log(5893) + 1
     assert scores["ppl"] == pytest.approx(math.exp(scores["loss"]))
@@ -111,11 +111,12 @@ def test_evaluate_source_and_reference_files(smoke_run, test_split_head, capsys)
     source, reference = test_split_head
     argv = ["evaluate", str(smoke_run / "best.pt"), "--src", str(source), "--ref", str(reference)]
     assert main([*argv, "--json"]) == 0
-    assert set(json.loads(capsys.readouterr().out)) == {"loss", "ppl", "bleu", "bleu_tok"}
+    assert set(json.loads(capsys.readouterr().out)) == {"loss", "ppl", "bleu", "bleu_tok", "chrf"}
     assert main(argv) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{source}: loss ")
     assert "| ppl " in line and "| BLEU " in line and "| BLEU (tokenized) " in line
+    assert "| chrF " in line
 
 
 MULTI30K_DE_EN = {"train": 29000, "valid": 1014, "test": 1000, "src_vocab": 7853}

@@ -1,11 +1,12 @@
-"""Tests for encdec.metrics: perplexity and both BLEU flavours against sacreBLEU."""
+"""Tests for encdec.metrics: perplexity, both BLEU flavours and chrF against sacreBLEU."""
 
 import math
 
 import pytest
 import sacrebleu
+from sacrebleu.metrics import CHRF
 
-from encdec.metrics import bleu, bleu_tok, perplexity
+from encdec.metrics import bleu, bleu_tok, chrf, perplexity
 
 HYPOTHESES = [
     "A man in a blue shirt is standing on a ladder.",
@@ -79,3 +80,28 @@ def test_bleu_tok_does_not_retokenize():
     reference = [["the", "big", "brown", "dog", "."]]
     assert bleu_tok(hypothesis, reference) < 100
     assert bleu(["the big brown dog."], ["the big brown dog ."]) == pytest.approx(100.0)
+
+
+def test_chrf_equals_lowercased_sacrebleu_chrf():
+    expected = CHRF(lowercase=True).corpus_score(HYPOTHESES, [REFERENCES]).score
+    assert chrf(HYPOTHESES, REFERENCES) == pytest.approx(expected)
+    assert 0 < expected < 100
+
+
+def test_chrf_pins_a_known_value():
+    # computed once with sacreBLEU 2.6: a changed default (n-gram order, beta) would show here
+    assert chrf(["the cat sat on the mat"], ["the cat is on the mat"]) == pytest.approx(
+        64.578, abs=1e-3
+    )
+
+
+def test_chrf_of_identical_text_is_100_and_ignores_case():
+    assert chrf(REFERENCES, REFERENCES) == pytest.approx(100.0)
+    assert chrf([r.upper() for r in REFERENCES], REFERENCES) == pytest.approx(100.0)
+
+
+def test_chrf_gives_partial_credit_where_bleu_gives_none():
+    # no shared word 4-gram, but most characters match: BLEU 0, chrF well above it
+    hypothesis, reference = ["the dogs plays"], ["the dog played"]
+    assert bleu(hypothesis, reference) == pytest.approx(0.0)
+    assert chrf(hypothesis, reference) > 40

@@ -47,11 +47,12 @@ def test_translating_a_list_equals_translating_each_sentence_alone(translator):
 def test_evaluate_scores_memorised_pairs_near_perfectly(translator):
     pairs = toy_phrases()["valid"]  # ten training pairs the demo model has learnt by heart
     scores = translator.evaluate(pairs)
-    assert set(scores) == {"loss", "ppl", "bleu", "bleu_tok"}
+    assert set(scores) == {"loss", "ppl", "bleu", "bleu_tok", "chrf"}
     assert scores["loss"] < 0.5
     assert scores["ppl"] == pytest.approx(math.exp(scores["loss"]))
     assert scores["bleu"] > 90
     assert scores["bleu_tok"] > 90
+    assert scores["chrf"] > 90
 
 
 def test_evaluate_scores_wrong_references_low(translator):
@@ -59,4 +60,5 @@ def test_evaluate_scores_wrong_references_low(translator):
     shifted = [(source, reference) for (source, _), (_, reference) in zip(pairs, pairs[1:])]
     scores = translator.evaluate(shifted)
     assert scores["bleu"] < 30
+    assert scores["chrf"] < 50
     assert scores["loss"] > 2.0

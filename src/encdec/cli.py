@@ -120,7 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(
             f"{args.split if not args.src else args.src}: loss {scores['loss']:.3f} | "
             f"ppl {scores['ppl']:.2f} | BLEU {scores['bleu']:.2f} | "
-            f"BLEU (tokenized) {scores['bleu_tok']:.2f}"
+            f"BLEU (tokenized) {scores['bleu_tok']:.2f} | chrF {scores['chrf']:.2f}"
         )
 
 

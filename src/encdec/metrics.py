@@ -1,10 +1,11 @@
-"""Scores: perplexity from loss, and BLEU in its two published flavours."""
+"""Scores: perplexity from loss, BLEU in its two published flavours, and chrF."""
 
 from __future__ import annotations
 
 import math
 
 import sacrebleu
+from sacrebleu.metrics import CHRF
 
 
 def perplexity(loss: float) -> float:
@@ -22,3 +23,8 @@ def bleu_tok(hypothesis_tokens: list[list[str]], reference_tokens: list[list[str
     hypotheses = [" ".join(tokens) for tokens in hypothesis_tokens]
     references = [" ".join(tokens) for tokens in reference_tokens]
     return sacrebleu.corpus_bleu(hypotheses, [references], tokenize="none", force=True).score
+
+
+def chrf(hypotheses: list[str], references: list[str]) -> float:
+    """sacreBLEU corpus chrF (character 6-grams), lowercased like `bleu`; kinder to near-misses."""
+    return CHRF(lowercase=True).corpus_score(hypotheses, [references]).score

@@ -13,7 +13,7 @@ from encdec.batching import evaluation_batches, numericalize
 from encdec.checkpoint import load_checkpoint
 from encdec.config import Config, from_dict
 from encdec.corpus import tokenizers
-from encdec.metrics import bleu, bleu_tok, perplexity
+from encdec.metrics import bleu, bleu_tok, chrf, perplexity
 from encdec.model import Seq2Seq, build_model
 from encdec.search import decode_examples
 from encdec.training import run_epoch
@@ -86,7 +86,7 @@ class Translator:
         ]
 
     def evaluate(self, pairs: Sequence[tuple[str, str]]) -> dict:
-        """Loss and perplexity (teacher forcing off, like validation) and BLEU on sentence pairs."""
+        """Loss and perplexity (teacher forcing off, like validation), BLEU and chrF on pairs."""
         sources = [source for source, _ in pairs]
         references = [reference for _, reference in pairs]
         source_tokens = self.src_tokenizer.tokenize_many(sources)
@@ -104,4 +104,5 @@ class Translator:
             "ppl": perplexity(loss),
             "bleu": bleu(hypotheses, references),
             "bleu_tok": bleu_tok(hypothesis_tokens, reference_tokens),
+            "chrf": chrf(hypotheses, references),
         }
