@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference  # noqa: E402
 
 from encdec.batching import bucket_batches, collate  # noqa: E402
-from encdec.config import DataConfig, ModelConfig  # noqa: E402
+from encdec.config import DataConfig, DecodingConfig, ModelConfig  # noqa: E402
 from encdec.corpus import build_corpus  # noqa: E402
 from encdec.model import build_model  # noqa: E402
 from encdec.search import decode_examples  # noqa: E402
@@ -87,9 +87,9 @@ def time_reference_translation(model, examples, sos_idx, eos_idx, max_len) -> fl
     return time.perf_counter() - start
 
 
-def time_encdec_translation(model, examples, pad_idx, sos_idx, eos_idx, max_len) -> float:
+def time_encdec_translation(model, examples, trg_vocab, max_len) -> float:
     start = time.perf_counter()
-    decode_examples(model, examples, pad_idx, sos_idx, eos_idx, max_len, batch_size=128)
+    decode_examples(model, examples, trg_vocab, DecodingConfig(max_len=max_len, batch_size=128))
     return time.perf_counter() - start
 
 
@@ -199,7 +199,7 @@ def main() -> None:
         seconds = time_reference_translation(reference_model, test, sos_idx, eos_idx, 25)
         reference_rates.append(len(test) / seconds)
         for model, rates in ((encdec_model, encdec_rates), (int8_model, int8_rates)):
-            seconds = time_encdec_translation(model, test, pad_idx, sos_idx, eos_idx, 25)
+            seconds = time_encdec_translation(model, test, corpus.trg_vocab, 25)
             rates.append(len(test) / seconds)
     report(
         f"greedy translation sentences/s ({len(test)} test)",

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from encdec.config import DataConfig, ModelConfig
+from encdec.config import DataConfig, DecodingConfig, ModelConfig
 from encdec.corpus import build_corpus
 from encdec.model import build_model
 from encdec.search import decode_examples
@@ -22,10 +22,13 @@ def test_batched_greedy_equals_one_sentence_at_a_time_on_test_2016(test_split_an
     corpus, model = test_split_and_model
     vocab, examples = corpus.trg_vocab, corpus.examples["test"]
     assert len(examples) == 1000
-    specials = (vocab.pad_idx, vocab.sos_idx, vocab.eos_idx)
-    batched = decode_examples(model, examples, *specials, max_len=25, batch_size=128)
-    alone = [decode_examples(model, [example], *specials, max_len=25, batch_size=1)[0]
-             for example in examples]
+    batched = [
+        best.ids for (best,) in decode_examples(model, examples, vocab, DecodingConfig(max_len=25))
+    ]
+    one_at_a_time = DecodingConfig(max_len=25, batch_size=1)
+    alone = [
+        decode_examples(model, [example], vocab, one_at_a_time)[0][0].ids for example in examples
+    ]
     differing = [i for i, (a, b) in enumerate(zip(batched, alone)) if a != b]
     assert differing == []
     assert len({tuple(ids) for ids in batched}) > 1  # the outputs are not all one trivial string

@@ -129,6 +129,15 @@ def test_wrong_type_names_the_field(override, field):
         ("training.batch_size=0", "training.batch_size"),
         ("training.lr=-0.001", "training.lr"),
         ("data.max_len=0", "data.max_len"),
+        ("training.label_smoothing=-0.1", "training.label_smoothing"),
+        ("training.lr_schedule=cosine", "training.lr_schedule"),
+        ("training.select_by=accuracy", "training.select_by"),
+        ("training.lr_decay_factor=0", "training.lr_decay_factor"),
+        ("training.lr_decay_factor=1", "training.lr_decay_factor"),
+        ("training.lr_patience=-1", "training.lr_patience"),
+        ("training.min_lr=-1e-5", "training.min_lr"),
+        ("training.warmup_steps=0", "training.warmup_steps"),
+        ("training.patience=0", "training.patience"),
     ],
 )
 def test_out_of_range_names_the_field(override, field):
@@ -140,6 +149,31 @@ def test_fraction_bounds_are_allowed():
     config = load_config(None, ["model.dropout=0", "training.teacher_forcing_ratio=1"])
     assert config.model.dropout == 0.0
     assert config.training.teacher_forcing_ratio == 1.0
+
+
+def test_label_smoothing_of_one_is_an_error_naming_the_field():
+    with pytest.raises(EncdecError, match="training.label_smoothing' must be below 1"):
+        load_config(None, ["training.label_smoothing=1"])
+
+
+def test_quality_keys_default_to_the_plain_textbook_loop():
+    training = load_config().training
+    assert training.label_smoothing == 0.0
+    assert (training.lr_schedule, training.select_by, training.patience) == ("none", "loss", None)
+    assert (training.lr_decay_factor, training.lr_patience, training.min_lr) == (0.5, 1, 1e-5)
+    assert training.warmup_steps == 500
+
+
+def test_quality_keys_accept_their_bounds_and_choices():
+    overrides = ["training.label_smoothing=0", "training.lr_patience=0", "training.min_lr=0"]
+    overrides += ["training.lr_schedule=warmup_decay", "training.select_by=bleu"]
+    training = load_config(None, [*overrides, "training.patience=1"]).training
+    assert (training.label_smoothing, training.lr_patience, training.min_lr) == (0.0, 0, 0.0)
+    assert (training.lr_schedule, training.select_by, training.patience) == (
+        "warmup_decay",
+        "bleu",
+        1,
+    )
 
 
 def test_int_is_accepted_for_float_fields():

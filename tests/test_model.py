@@ -48,7 +48,7 @@ def random_batch(lengths: list[int], vocab_size: int, seed: int) -> torch.Tensor
 
 def teacher_forced_by_hand(model: Seq2Seq, src, src_lengths, trg) -> torch.Tensor:
     """The textbook loop: one decoder call per target position, fed the true previous token."""
-    state = model.encoder(src, src_lengths)
+    state = model.encode(src, src_lengths)
     predictions = []
     for t in range(trg.shape[0] - 1):
         prediction, state = model.decoder(trg[t : t + 1], state)  # (1, B, V)
@@ -58,7 +58,7 @@ def teacher_forced_by_hand(model: Seq2Seq, src, src_lengths, trg) -> torch.Tenso
 
 def free_running_by_hand(model: Seq2Seq, src, src_lengths, trg) -> torch.Tensor:
     """One decoder call per position, fed the model's own previous argmax."""
-    state = model.encoder(src, src_lengths)
+    state = model.encode(src, src_lengths)
     predictions, tokens = [], trg[:1]
     for _ in range(trg.shape[0] - 1):
         prediction, state = model.decoder(tokens, state)  # (1, B, V)
@@ -77,7 +77,7 @@ def test_forward_scores_every_target_position_after_sos(cell):
 
 def test_lstm_context_is_hidden_and_cell_per_layer():
     model = tiny_model("lstm")
-    context = model.encoder(random_batch([6, 4, 5], SRC_VOCAB, 1), torch.tensor([6, 4, 5]))
+    _, context = model.encoder(random_batch([6, 4, 5], SRC_VOCAB, 1), torch.tensor([6, 4, 5]))
     assert isinstance(context, tuple) and len(context) == 2
     hidden, cell = context
     assert hidden.shape == cell.shape == (2, 3, 32)
@@ -85,7 +85,7 @@ def test_lstm_context_is_hidden_and_cell_per_layer():
 
 def test_gru_context_is_one_hidden_tensor_per_layer():
     model = tiny_model("gru")
-    context = model.encoder(random_batch([6, 4, 5], SRC_VOCAB, 1), torch.tensor([6, 4, 5]))
+    _, context = model.encoder(random_batch([6, 4, 5], SRC_VOCAB, 1), torch.tensor([6, 4, 5]))
     assert isinstance(context, torch.Tensor)
     assert context.shape == (2, 3, 32)
 
@@ -117,8 +117,8 @@ def test_encoder_and_decoder_layer_count_must_match():
 def test_context_vector_same_alone_and_in_padded_batch(cell):
     model = tiny_model(cell, dropout=0.5).eval()
     batch = random_batch([4, 9], SRC_VOCAB, 3)  # column 0 is padded after its 4 tokens
-    alone = model.encoder(batch[:4, :1], torch.tensor([4]))
-    batched = model.encoder(batch, torch.tensor([4, 9]))
+    _, alone = model.encoder(batch[:4, :1], torch.tensor([4]))
+    _, batched = model.encoder(batch, torch.tensor([4, 9]))
     alone = alone if isinstance(alone, tuple) else (alone,)
     batched = batched if isinstance(batched, tuple) else (batched,)
     for alone_part, batched_part in zip(alone, batched, strict=True):  # h, then c for an LSTM
@@ -169,7 +169,7 @@ def test_mixed_teacher_forcing_follows_one_coin_per_step():
     random.seed(3)
     coins = [True] + [random.random() < 0.5 for _ in range(trg.shape[0] - 2)]
     assert 2 < sum(coins) < len(coins) - 2  # runs of forced and free steps both occur
-    state, predictions, tokens = model.encoder(src, lengths), [], trg[:1]
+    state, predictions, tokens = model.encode(src, lengths), [], trg[:1]
     with torch.no_grad():
         for t, forced in enumerate(coins):
             prediction, state = model.decoder(trg[t : t + 1] if forced else tokens, state)

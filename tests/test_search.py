@@ -1,17 +1,19 @@
-"""Tests for encdec.search: greedy decoding, its stopping rules, batching, and sampling."""
+"""Tests for encdec.search: greedy decoding, its stopping rules, batching, sampling, beams."""
 
 import pytest
 import torch
 
 from encdec.batching import collate
-from encdec.config import ModelConfig
+from encdec.config import DecodingConfig, ModelConfig
 from encdec.model import Seq2Seq, build_model
-from encdec.search import decode, decode_examples
+from encdec.search import beam_search, choose_next, decode, decode_examples
+from encdec.vocab import SPECIALS, Vocab
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PAD, SOS, EOS = 1, 2, 3
 SRC_VOCAB, TRG_VOCAB = 12, 15
+TRG_VOCAB_TOKENS = Vocab([*SPECIALS, *(f"w{i}" for i in range(TRG_VOCAB - len(SPECIALS)))])
 SOURCES = [
     [SOS, 4, 5, 6, EOS],
     [SOS, 7, EOS],
@@ -36,7 +38,7 @@ def model() -> Seq2Seq:
 
 def greedy_by_hand(model: Seq2Seq, source: list[int], max_len: int) -> list[int]:
     """The textbook's one-sentence greedy loop."""
-    state = model.encoder(torch.tensor(source).unsqueeze(1), torch.tensor([len(source)]))
+    state = model.encode(torch.tensor(source).unsqueeze(1), torch.tensor([len(source)]))
     token, output = torch.tensor([[SOS]]), []
     with torch.no_grad():
         for _ in range(max_len):
@@ -50,7 +52,8 @@ def greedy_by_hand(model: Seq2Seq, source: list[int], max_len: int) -> list[int]
 
 def decode_batch(model: Seq2Seq, sources: list[list[int]], max_len: int, **options):
     batch = collate([(source, [SOS, EOS]) for source in sources], list(range(len(sources))), PAD)
-    return decode(model, batch.src, batch.src_lengths, SOS, EOS, max_len, **options)
+    hypotheses = decode(model, batch.src, batch.src_lengths, SOS, EOS, max_len, **options)
+    return [hypothesis.ids for hypothesis in hypotheses]
 
 
 def test_greedy_decode_equals_one_sentence_greedy_loop(model):
@@ -66,7 +69,9 @@ def test_batch_decodes_like_each_sentence_alone(model):
     assert decode_batch(model, SOURCES, max_len=12) == alone
     assert len({len(ids) for ids in alone}) > 1  # sentences leave the batch at different steps
     examples = [(source, [SOS, EOS]) for source in SOURCES]
-    assert decode_examples(model, examples, PAD, SOS, EOS, 12, batch_size=2) == alone
+    decoding = DecodingConfig(max_len=12, batch_size=2)
+    hypotheses = decode_examples(model, examples, TRG_VOCAB_TOKENS, decoding)
+    assert [best.ids for (best,) in hypotheses] == alone
 
 
 def test_decoding_stops_at_eos_and_leaves_it_out(model):
@@ -103,3 +108,70 @@ def test_very_low_temperature_equals_greedy(model):
     greedy = decode_batch(model, SOURCES, max_len=12)
     for seed in range(3):
         assert sample(model, 1e-4, seed) == greedy
+
+
+def log_probability(model: Seq2Seq, source: list[int], ids: list[int]) -> float:
+    """The model's log-probability of `ids` then <eos>, scored with teacher forcing."""
+    src = torch.tensor(source).unsqueeze(1)
+    trg = torch.tensor([SOS, *ids, EOS]).unsqueeze(1)
+    with torch.no_grad():
+        logits = model(src, torch.tensor([len(source)]), trg, teacher_forcing_ratio=1.0)
+    log_probs = torch.log_softmax(logits[:, 0], dim=-1)  # (T-1, V)
+    return log_probs.gather(1, trg[1:]).sum().item()
+
+
+def beam_batch(model: Seq2Seq, sources: list[list[int]], beam_size: int, **options):
+    batch = collate([(source, [SOS, EOS]) for source in sources], list(range(len(sources))), PAD)
+    return beam_search(
+        model, batch.src, batch.src_lengths, SOS, EOS, 12, beam_size=beam_size, **options
+    )
+
+
+def test_beam_of_one_equals_greedy(model):
+    batch = collate([(source, [SOS, EOS]) for source in SOURCES], list(range(5)), PAD)
+    greedy = decode(model, batch.src, batch.src_lengths, SOS, EOS, 12)
+    beams = beam_batch(model, SOURCES, beam_size=1)
+    assert [best.ids for best, in beams] == [hypothesis.ids for hypothesis in greedy]
+    for (best,), hypothesis in zip(beams, greedy):
+        assert best.score == pytest.approx(hypothesis.score, abs=1e-4)
+
+
+def test_hypothesis_score_is_the_models_log_probability(model):
+    for (best,), source in zip(beam_batch(model, SOURCES, beam_size=4), SOURCES):
+        if len(best.ids) < 12:  # finished with <eos>, so the score includes it
+            assert best.score == pytest.approx(log_probability(model, source, best.ids), abs=1e-3)
+
+
+def test_beam_score_is_at_least_the_greedy_score(model):
+    greedy = [hypothesis.score for hypothesis in decode_hypotheses(model, SOURCES)]
+    beams = beam_batch(model, SOURCES, beam_size=5, length_penalty=0.0)
+    assert all(best.score >= score - 1e-4 for (best,), score in zip(beams, greedy))
+    assert any(best.score > score + 1e-3 for (best,), score in zip(beams, greedy))
+
+
+def decode_hypotheses(model: Seq2Seq, sources: list[list[int]]):
+    batch = collate([(source, [SOS, EOS]) for source in sources], list(range(len(sources))), PAD)
+    return decode(model, batch.src, batch.src_lengths, SOS, EOS, 12)
+
+
+def test_beam_search_of_a_batch_equals_each_sentence_alone(model):
+    batched = beam_batch(model, SOURCES, beam_size=3, n_best=3)
+    alone = [beam_batch(model, [source], beam_size=3, n_best=3)[0] for source in SOURCES]
+    for together, single in zip(batched, alone):
+        assert [h.ids for h in together] == [h.ids for h in single]
+        assert [h.score for h in together] == pytest.approx([h.score for h in single], abs=1e-4)
+
+
+def test_n_best_are_distinct_and_ranked_by_normalised_score(model):
+    for hypotheses in beam_batch(model, SOURCES, beam_size=4, n_best=4, length_penalty=1.0):
+        assert len(hypotheses) == 4
+        assert len({tuple(h.ids) for h in hypotheses}) == 4
+        normalised = [h.score / (len(h.ids) + 1) for h in hypotheses]
+        assert normalised == sorted(normalised, reverse=True)
+
+
+def test_top_k_sampling_only_picks_among_the_k_likeliest():
+    logits = torch.tensor([[0.0, 5.0, 4.0, 1.0, 3.0]]).repeat(200, 1)  # (200, V)
+    generator = torch.Generator().manual_seed(0)
+    picked = choose_next(logits, temperature=10.0, top_k=2, generator=generator)
+    assert set(picked.tolist()) == {1, 2}

@@ -5,6 +5,7 @@ import math
 import pytest
 
 from encdec.data import toy_phrases
+from encdec.errors import EncdecError
 from encdec.translator import Translator
 from encdec.vocab import EOS, PAD, SOS
 
@@ -26,8 +27,8 @@ def test_structural_specials_never_appear_in_output(translator):
     sources = [source for source, _ in toy_phrases()["train"]] + UNSEEN
     # hot sampling from a peaked model picks unlikely ids, <pad> and <sos> among them
     for options in ({}, {"temperature": 20.0, "seed": 0}, {"temperature": 20.0, "seed": 1}):
-        for tokens in translator.translate_tokens(sources, **options):
-            assert not {SOS, EOS, PAD} & set(tokens)
+        for (best,) in translator.translations(sources, **options):
+            assert not {SOS, EOS, PAD} & set(best.tokens)
         for text in translator.translate(sources, **options):
             assert not any(special in text for special in (SOS, EOS, PAD))
 
@@ -62,3 +63,33 @@ def test_evaluate_scores_wrong_references_low(translator):
     assert scores["bleu"] < 30
     assert scores["chrf"] < 50
     assert scores["loss"] > 2.0
+
+
+def test_beam_search_translates_the_demo_phrases(translator):
+    pairs = toy_phrases()["valid"]
+    sources = [source for source, _ in pairs]
+    assert translator.translate(sources, beam_size=4) == translator.translate(sources)
+
+
+def test_n_best_gives_distinct_translations_best_first(translator):
+    ((first, second, third),) = translator.translations(["let's go"], n_best=3, beam_size=3)
+    assert first.text == "vamos"
+    assert len({first.text, second.text, third.text}) == 3
+    ranked = [t.score / (len(t.tokens) + 1) for t in (first, second, third)]  # per token
+    assert ranked == sorted(ranked, reverse=True)
+    assert first.attention is None  # the demo model has no attention
+
+
+def test_n_best_above_beam_size_is_an_error(translator):
+    with pytest.raises(EncdecError, match="beam_size"):
+        translator.translations(["let's go"], n_best=3)
+
+
+def test_unk_replace_without_attention_is_an_error(translator):
+    with pytest.raises(EncdecError, match="attention"):
+        translator.translate(["let's go"], unk_replace=True)
+
+
+def test_bad_decoding_option_names_the_field(translator):
+    with pytest.raises(EncdecError, match="decoding.beam_size"):
+        translator.translate(["let's go"], beam_size=0)

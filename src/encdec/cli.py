@@ -16,7 +16,7 @@ from encdec.errors import EncdecError
 EXAMPLES = {
     "train": "encdec train --config configs/multi30k_seed.yaml --data-dir ../shared/data/multi30k "
     "--out runs/seed",
-    "translate": 'echo "Ein Mann fährt Fahrrad." | encdec translate runs/seed/best.pt',
+    "translate": 'echo "Ein Mann fährt Fahrrad." | encdec translate runs/seed/best.pt --beam 5',
     "evaluate": "encdec evaluate runs/seed/best.pt --split test --json",
     "data-stats": "encdec data-stats --data-dir ../shared/data/multi30k --src de --trg en",
     "demo": "encdec demo",
@@ -78,14 +78,37 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
     translator = Translator.load(args.checkpoint, int8=args.int8)
     source = data.read_lines(args.input) if args.input else sys.stdin.read().splitlines()
-    translations = translator.translate(
-        source, max_len=args.max_len, temperature=args.temperature, seed=args.seed
-    )
+    translations = translator.translate(source, seed=args.seed, **_decoding_options(args))
     text = "".join(line + "\n" for line in translations)
     if args.output:
         _write_atomically(Path(args.output), text)
     else:
         sys.stdout.write(text)
+
+
+def _decoding_options(args: argparse.Namespace) -> dict:
+    """The decoding settings given on the command line; the rest come from the checkpoint."""
+    return {
+        "beam_size": args.beam,
+        "length_penalty": args.length_penalty,
+        "max_len": args.max_len,
+        "temperature": getattr(args, "temperature", None),
+        "top_k": getattr(args, "top_k", None),
+        "unk_replace": args.unk_replace or None,
+    }
+
+
+def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--beam", type=int, help="beam search with this many beams (1 = greedy)")
+    parser.add_argument(
+        "--length-penalty", type=float, help="beams are ranked by log-probability / length ** this"
+    )
+    parser.add_argument("--max-len", type=int, help="most tokens per translation")
+    parser.add_argument(
+        "--unk-replace",
+        action="store_true",
+        help="replace each <unk> by the source word attended to most (attention models)",
+    )
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -113,7 +136,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         pairs = read_splits(data_config).get(args.split)
         if pairs is None:
             raise EncdecError(f"the checkpoint's data config names no '{args.split}' split")
-    scores = translator.evaluate(pairs)
+    scores = translator.evaluate(pairs, **_decoding_options(args))
     if args.json:
         print(json.dumps(scores))
     else:
@@ -203,9 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     translate_parser.add_argument("checkpoint", help="a best.pt written by encdec train")
     translate_parser.add_argument("--input", help="file of sentences (default: stdin)")
     translate_parser.add_argument("--output", help="write here (atomically) instead of stdout")
-    translate_parser.add_argument("--max-len", type=int, help="most tokens per translation")
+    _add_decoding_options(translate_parser)
     translate_parser.add_argument(
         "--temperature", type=float, help="0 = greedy; above 0 samples from the softmax"
+    )
+    translate_parser.add_argument(
+        "--top-k", type=int, help="when sampling, only among the k likeliest tokens"
     )
     translate_parser.add_argument("--seed", type=int, help="random seed for sampling")
     translate_parser.add_argument(
@@ -219,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--src", help="source file to score instead of a split")
     evaluate_parser.add_argument("--ref", help="reference translations of --src")
     evaluate_parser.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_decoding_options(evaluate_parser)
 
     stats_parser = verb("data-stats", "sizes of a corpus's splits and vocabularies", cmd_data_stats)
     _add_config_options(stats_parser)

@@ -43,6 +43,10 @@ class ModelConfig:
     hidden_dim: int = 512
     num_layers: int = 2
     dropout: float = 0.5
+    bidirectional: bool = False  # encoder reads the source both ways; a bridge feeds the decoder
+    attention: str = "none"  # none | dot | general (Luong) | additive (Bahdanau)
+    input_feeding: bool = False  # feed the last attentional vector into the next decoder step
+    tie_embeddings: bool = False  # output layer shares the target embedding's weights
 
 
 @dataclass
@@ -56,12 +60,24 @@ class TrainingConfig:
     max_steps: int | None = None  # end each epoch after this many batches
     bucket_pool: int = 100  # batches per length-sorted pool; 1 means no bucketing
     batch_tokens: int | None = None  # also cap padded source + target positions per batch
+    label_smoothing: float = 0.0  # share of each target's probability spread over the vocabulary
+    lr_schedule: str = "none"  # none | plateau | warmup_decay
+    lr_decay_factor: float = 0.5  # plateau: the lr is multiplied by this when the metric stalls
+    lr_patience: int = 1  # plateau: stalled epochs tolerated; the lr is cut on the next one
+    min_lr: float = 1e-5  # plateau: the lr is never cut below this
+    warmup_steps: int = 500  # warmup_decay: batches of linear warmup, then 1/sqrt(step) decay
+    patience: int | None = None  # stop after this many epochs without improvement; None: never
+    select_by: str = "loss"  # loss | bleu: the validation metric for best.pt, plateau, stopping
 
 
 @dataclass
 class DecodingConfig:
     max_len: int = 50
     temperature: float = 0.0  # 0 means greedy (argmax); above 0, sample from softmax(logits / T)
+    top_k: int | None = None  # when sampling, only among the k likeliest tokens
+    beam_size: int = 1  # above 1, beam search with this many beams (temperature is then unused)
+    length_penalty: float = 1.0  # beams are ranked by log-probability / length ** this
+    unk_replace: bool = False  # replace each <unk> by the source word it attends to most
     batch_size: int = 128
 
 
@@ -80,6 +96,9 @@ CHOICES = {
     ("data", "dataset"): ("multi30k", "files", "toy"),
     ("data", "tokenizer"): ("spacy", "char"),
     ("model", "cell"): ("lstm", "gru"),
+    ("model", "attention"): ("none", "dot", "general", "additive"),
+    ("training", "lr_schedule"): ("none", "plateau", "warmup_decay"),
+    ("training", "select_by"): ("loss", "bleu"),
 }
 POSITIVE = {
     ("data", "min_freq"),
@@ -94,10 +113,23 @@ POSITIVE = {
     ("training", "max_steps"),
     ("training", "bucket_pool"),
     ("training", "batch_tokens"),
+    ("training", "lr_decay_factor"),
+    ("training", "warmup_steps"),
+    ("training", "patience"),
     ("decoding", "max_len"),
     ("decoding", "batch_size"),
+    ("decoding", "top_k"),
+    ("decoding", "beam_size"),
 }
-FRACTIONS = {("model", "dropout"), ("training", "teacher_forcing_ratio")}
+NON_NEGATIVE = {("training", "lr_patience"), ("training", "min_lr")}
+FRACTIONS = {
+    ("model", "dropout"),
+    ("training", "teacher_forcing_ratio"),
+    ("training", "label_smoothing"),
+    ("training", "lr_decay_factor"),
+}
+# 1 would leave no signal (smoothing) or no decay (ReduceLROnPlateau refuses it)
+BELOW_ONE = {("training", "label_smoothing"), ("training", "lr_decay_factor")}
 
 
 def _suggest(name: str, options: typing.Iterable[str]) -> str:
@@ -129,8 +161,12 @@ def _check_range(section: str, key: str, value: object) -> None:
         )
     if (section, key) in POSITIVE and value is not None and value <= 0:
         raise EncdecError(f"config field '{where}' must be positive, got {value!r}")
+    if (section, key) in NON_NEGATIVE and value < 0:
+        raise EncdecError(f"config field '{where}' must not be negative, got {value!r}")
     if (section, key) in FRACTIONS and not 0 <= value <= 1:
         raise EncdecError(f"config field '{where}' must lie in [0, 1], got {value!r}")
+    if (section, key) in BELOW_ONE and value >= 1:
+        raise EncdecError(f"config field '{where}' must be below 1, got {value!r}")
 
 
 def from_dict(raw: dict) -> Config:

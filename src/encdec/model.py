@@ -1,17 +1,20 @@
 """The encoder-decoder of Sutskever et al. (2014): the textbook seq2seq model.
 
 Shapes use S = source length, T = target length, B = batch, E = embedding size, H = hidden size,
-L = layers, V = vocabulary size. Sequences are time-major, (S, B), as in the textbook.
+L = layers, V = vocabulary size, M = encoder output size. Sequences are time-major, (S, B), as
+in the textbook.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from encdec.attention import ATTENTIONS, Attention, Memory
 from encdec.config import ModelConfig
 from encdec.errors import EncdecError
 
@@ -21,39 +24,38 @@ RNN_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
+@dataclass
+class DecoderState:
+    """What the decoder carries from one step to the next, for each sentence of the batch."""
+
+    rnn: State  # the recurrent state; at the start, the encoder's context vector
+    memory: Memory | None = None  # the encoder's outputs, for attention
+    attentional: torch.Tensor | None = None  # (1, B, H) last attentional vector (input feeding)
+    attention: torch.Tensor | None = None  # (steps, B, S) weights of the last decoder call
+
+    def select(self, index: torch.Tensor) -> DecoderState:
+        """The state of batch columns `index`, in that order (finished sentences, beams)."""
+        return DecoderState(
+            _select_columns(self.rnn, index),
+            self.memory.select(index) if self.memory is not None else None,
+            _select_columns(self.attentional, index),
+        )
+
+
+def _select_columns(tensors, index: torch.Tensor):
+    """Columns `index` of (steps or layers, B, ...) tensors, or of a tuple of them."""
+    if tensors is None:
+        return None
+    if isinstance(tensors, tuple):
+        return tuple(part[:, index] for part in tensors)
+    return tensors[:, index]
+
+
 class Encoder(nn.Module):
-    """Reads the source and compresses it into a context vector: the RNN's final state."""
+    """Reads the source and compresses it into a context vector: the RNN's final state.
 
-    def __init__(
-        self,
-        vocab_size: int,
-        embedding_dim: int,
-        hidden_dim: int,
-        num_layers: int,
-        dropout: float,
-        cell: str = "lstm",
-    ):
-        super().__init__()
-        self.hidden_dim, self.num_layers = hidden_dim, num_layers
-        self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        self.rnn = RNN_CELLS[cell](embedding_dim, hidden_dim, num_layers, dropout=dropout)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor) -> State:
-        # src: (S, B); src_lengths: (B,) on the CPU
-        embedded = self.dropout(self.embedding(src))  # (S, B, E)
-        # Packing stops each sentence's RNN at its last real token, so the context vector never
-        # sees padding and a sentence encodes the same alone or beside longer batch-mates.
-        packed = pack_padded_sequence(embedded, src_lengths.cpu(), enforce_sorted=False)
-        _, context = self.rnn(packed)  # hidden (and cell): (L, B, H)
-        return context
-
-
-class Decoder(nn.Module):
-    """Predicts the next target token from the previous one and the running state.
-
-    Called with one step of input tokens, (1, B), it is the textbook's one-step decoder; called
-    with several steps it runs them in one RNN call, which is how teacher forcing gets fast.
+    A bidirectional encoder reads the source both ways; a bridge layer turns each layer's two
+    final states into the one state the decoder starts from.
     """
 
     def __init__(
@@ -64,20 +66,119 @@ class Decoder(nn.Module):
         num_layers: int,
         dropout: float,
         cell: str = "lstm",
+        bidirectional: bool = False,
+    ):
+        super().__init__()
+        self.hidden_dim, self.num_layers = hidden_dim, num_layers
+        self.output_dim = 2 * hidden_dim if bidirectional else hidden_dim
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.rnn = RNN_CELLS[cell](
+            embedding_dim, hidden_dim, num_layers, dropout=dropout, bidirectional=bidirectional
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.bridge = nn.Linear(2 * hidden_dim, hidden_dim) if bidirectional else None
+
+    def forward(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """The outputs at every source position, (S, B, M), and the context vector."""
+        # src: (S, B); src_lengths: (B,) on the CPU
+        embedded = self.dropout(self.embedding(src))  # (S, B, E)
+        # Packing stops each sentence's RNN at its last real token, so the context vector never
+        # sees padding and a sentence encodes the same alone or beside longer batch-mates.
+        packed = pack_padded_sequence(embedded, src_lengths.cpu(), enforce_sorted=False)
+        packed_outputs, context = self.rnn(packed)  # hidden (and cell): (L * directions, B, H)
+        outputs, _ = pad_packed_sequence(packed_outputs, total_length=src.shape[0])  # (S, B, M)
+        if self.bridge is not None:
+            context = self._bridged(context)
+        return outputs, context
+
+    def _bridged(self, context: State) -> State:
+        if isinstance(context, tuple):
+            return tuple(self._bridged(part) for part in context)
+        both_ways = context.view(self.num_layers, 2, *context.shape[1:])  # (L, 2, B, H)
+        both_ways = torch.cat([both_ways[:, 0], both_ways[:, 1]], dim=-1)  # (L, B, 2H)
+        return torch.tanh(self.bridge(both_ways))  # (L, B, H)
+
+
+class Decoder(nn.Module):
+    """Predicts the next target token from the previous one and the running state.
+
+    Called with one step of input tokens, (1, B), it is the textbook's one-step decoder; called
+    with several steps it runs them in one RNN call, which is how teacher forcing gets fast.
+    With attention, the RNN's output and the context read from the encoder's outputs are
+    combined into the attentional vector that predicts the token (Luong et al., 2015).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        hidden_dim: int,
+        num_layers: int,
+        dropout: float,
+        cell: str = "lstm",
+        attention: Attention | None = None,
+        memory_dim: int = 0,
+        input_feeding: bool = False,
     ):
         super().__init__()
         self.vocab_size, self.hidden_dim, self.num_layers = vocab_size, hidden_dim, num_layers
+        self.attention, self.input_feeding = attention, input_feeding
+        rnn_input_dim = embedding_dim
+        if input_feeding:
+            rnn_input_dim += hidden_dim
+        if attention is not None and attention.query_before_rnn:
+            rnn_input_dim += memory_dim
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        self.rnn = RNN_CELLS[cell](embedding_dim, hidden_dim, num_layers, dropout=dropout)
+        self.rnn = RNN_CELLS[cell](rnn_input_dim, hidden_dim, num_layers, dropout=dropout)
+        if attention is not None:
+            self.combine = nn.Linear(memory_dim + hidden_dim, hidden_dim)
         self.fc_out = nn.Linear(hidden_dim, vocab_size)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, input_tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def forward(
+        self, input_tokens: torch.Tensor, state: DecoderState
+    ) -> tuple[torch.Tensor, DecoderState]:
         # input_tokens: (steps, B)
         embedded = self.dropout(self.embedding(input_tokens))  # (steps, B, E)
-        output, state = self.rnn(embedded, state)  # output: (steps, B, H)
-        prediction = self.fc_out(output)  # (steps, B, V)
+        if self.attention is None:
+            output, rnn_state = self.rnn(embedded, state.rnn)  # output: (steps, B, H)
+            return self.fc_out(output), DecoderState(rnn_state)
+        if self.attention.query_before_rnn or self.input_feeding:
+            attentional, state = self._attend_step_by_step(embedded, state)
+        else:  # Luong without input feeding: every step in one RNN call, one batched attention
+            output, rnn_state = self.rnn(embedded, state.rnn)  # (steps, B, H)
+            context, weights = self.attention(output, state.memory)  # (steps, B, M)
+            attentional = torch.tanh(self.combine(torch.cat([context, output], -1)))
+            state = DecoderState(rnn_state, state.memory, attentional[-1:], weights)
+        prediction = self.fc_out(self.dropout(attentional))  # (steps, B, V)
         return prediction, state
+
+    def _attend_step_by_step(
+        self, embedded: torch.Tensor, state: DecoderState
+    ) -> tuple[torch.Tensor, DecoderState]:
+        """Attentional vectors (steps, B, H) when a step's input needs the step before it."""
+        attentional_vectors, all_weights = [], []
+        for step_input in embedded.split(1):  # (1, B, E)
+            rnn_inputs = [step_input]
+            if self.input_feeding:
+                rnn_inputs.append(state.attentional)  # (1, B, H)
+            if self.attention.query_before_rnn:  # Bahdanau: the top layer's previous state
+                context, weights = self.attention(_top_hidden(state.rnn), state.memory)
+                rnn_inputs.append(context)  # (1, B, M)
+            output, rnn_state = self.rnn(torch.cat(rnn_inputs, -1), state.rnn)  # (1, B, H)
+            if not self.attention.query_before_rnn:
+                context, weights = self.attention(output, state.memory)
+            attentional = torch.tanh(self.combine(torch.cat([context, output], -1)))
+            state = DecoderState(rnn_state, state.memory, attentional)
+            attentional_vectors.append(attentional)
+            all_weights.append(weights)
+        state.attention = torch.cat(all_weights)  # (steps, B, S)
+        return torch.cat(attentional_vectors), state
+
+
+def _top_hidden(rnn_state: State) -> torch.Tensor:
+    hidden = rnn_state[0] if isinstance(rnn_state, tuple) else rnn_state  # (L, B, H)
+    return hidden[-1:]  # (1, B, H)
 
 
 class Seq2Seq(nn.Module):
@@ -90,6 +191,15 @@ class Seq2Seq(nn.Module):
         if encoder.num_layers != decoder.num_layers:
             raise EncdecError("encoder and decoder must have the same num_layers")
         self.encoder, self.decoder = encoder, decoder
+
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> DecoderState:
+        """The decoder's starting state: the context vector (and memory, with attention)."""
+        outputs, context = self.encoder(src, src_lengths)
+        if self.decoder.attention is None:
+            return DecoderState(context)
+        memory = self.decoder.attention.memory(outputs, src_lengths)
+        first_attentional = outputs.new_zeros(1, src.shape[1], self.decoder.hidden_dim)
+        return DecoderState(context, memory, first_attentional)
 
     def forward(
         self,
@@ -104,7 +214,7 @@ class Seq2Seq(nn.Module):
         (one coin per step, as in the textbook), else the model's own previous guess. Runs of
         teacher-forced steps need no guess, so each run goes through the decoder in one call.
         """
-        state = self.encoder(src, src_lengths)
+        state = self.encode(src, src_lengths)
         forced = [True] + [random.random() < teacher_forcing_ratio for _ in range(trg.shape[0] - 2)]
         predictions = []
         step, next_input = 0, trg[:1]  # (1, B): <sos>
@@ -129,10 +239,27 @@ def build_model(config: ModelConfig, src_vocab_size: int, trg_vocab_size: int) -
         config.dropout,
         config.cell,
     )
-    model = Seq2Seq(Encoder(src_vocab_size, *shape), Decoder(trg_vocab_size, *shape))
+    encoder = Encoder(src_vocab_size, *shape, bidirectional=config.bidirectional)
+    attention = None
+    if config.attention != "none":
+        attention = ATTENTIONS[config.attention](config.hidden_dim, encoder.output_dim)
+    decoder = Decoder(trg_vocab_size, *shape, attention, encoder.output_dim, config.input_feeding)
+    model = Seq2Seq(encoder, decoder)
     for parameter in model.parameters():
         nn.init.uniform_(parameter, -0.08, 0.08)
+    if config.tie_embeddings:
+        _tie_output_to_embedding(decoder)
     return model
+
+
+def _tie_output_to_embedding(decoder: Decoder) -> None:
+    """Share the target embedding with the output layer (Press & Wolf, 2017)."""
+    if decoder.fc_out.in_features != decoder.embedding.embedding_dim:
+        raise EncdecError(
+            "model.tie_embeddings needs model.embedding_dim equal to model.hidden_dim "
+            f"({decoder.embedding.embedding_dim} != {decoder.fc_out.in_features})"
+        )
+    decoder.fc_out.weight = decoder.embedding.weight
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -11,13 +12,14 @@ from torch import nn
 
 from encdec.batching import evaluation_batches, numericalize
 from encdec.checkpoint import load_checkpoint
-from encdec.config import Config, from_dict
+from encdec.config import Config, DecodingConfig, from_dict
 from encdec.corpus import tokenizers
+from encdec.errors import EncdecError
 from encdec.metrics import bleu, bleu_tok, chrf, perplexity
 from encdec.model import Seq2Seq, build_model
-from encdec.search import decode_examples
+from encdec.search import Hypothesis, decode_examples
 from encdec.training import run_epoch
-from encdec.vocab import Vocab
+from encdec.vocab import EOS, SOS, UNK, Vocab
 
 
 def quantize_int8(model: Seq2Seq) -> Seq2Seq:
@@ -27,6 +29,30 @@ def quantize_int8(model: Seq2Seq) -> Seq2Seq:
         return torch.ao.quantization.quantize_dynamic(
             model.eval(), {nn.LSTM, nn.GRU, nn.Linear}, dtype=torch.qint8
         )
+
+
+@dataclass
+class Translation:
+    """One translation of one sentence, with what produced it."""
+
+    text: str  # detokenized
+    tokens: list[str]  # target tokens, specials stripped
+    score: float  # the model's log-probability of the tokens and <eos>
+    source_tokens: list[str]  # the source as the model read it, <sos> and <eos> included
+    attention: torch.Tensor | None  # (len(tokens), len(source_tokens)) or None without attention
+
+
+def _replace_unknowns(
+    tokens: list[str], source_tokens: list[str], attention: torch.Tensor
+) -> list[str]:
+    """Each <unk> becomes the source word it attended to most (Luong et al., 2015)."""
+    looked_at = attention.argmax(-1).tolist()  # (len(tokens),) source positions
+    return [
+        source_tokens[position]
+        if token == UNK and source_tokens[position] not in (SOS, EOS)
+        else token
+        for token, position in zip(tokens, looked_at)
+    ]
 
 
 class Translator:
@@ -47,46 +73,68 @@ class Translator:
         model.load_state_dict(state["model"])
         return cls(quantize_int8(model) if int8 else model, config, src_vocab, trg_vocab)
 
-    def translate_tokens(
+    def translations(
         self,
         sentences: Sequence[str],
-        max_len: int | None = None,
-        temperature: float | None = None,
+        n_best: int = 1,
         seed: int | None = None,
-    ) -> list[list[str]]:
-        """Target tokens for each sentence; batched by length, returned in input order."""
-        decoding = self.config.decoding
-        max_len = decoding.max_len if max_len is None else max_len
-        temperature = decoding.temperature if temperature is None else temperature
+        **options,
+    ) -> list[list[Translation]]:
+        """The `n_best` translations of each sentence, with tokens, scores and attention.
+
+        `options` override the checkpoint's decoding settings (docs/config.md): beam_size,
+        max_len, temperature, top_k, length_penalty, unk_replace. Inputs are batched by length;
+        results come back in input order.
+        """
+        decoding = self._decoding(n_best, options)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         source_tokens = self.src_tokenizer.tokenize_many(sentences)
         examples = [
             numericalize(tokens, [], self.src_vocab, self.trg_vocab, self.config.data.reverse_src)
             for tokens in source_tokens
         ]
-        vocab = self.trg_vocab
-        ids = decode_examples(
-            self.model,
-            examples,
-            vocab.pad_idx,
-            vocab.sos_idx,
-            vocab.eos_idx,
-            max_len,
-            decoding.batch_size,
-            temperature,
-            generator,
+        hypotheses = decode_examples(
+            self.model, examples, self.trg_vocab, decoding, n_best, generator
         )
-        return [vocab.decode(sentence_ids) for sentence_ids in ids]
-
-    def translate(self, sentences: Sequence[str], **options) -> list[str]:
-        """Translations as text, one per input sentence (an empty sentence gives '')."""
         return [
-            self.trg_tokenizer.detokenize(tokens) if sentence.strip() else ""
-            for sentence, tokens in zip(sentences, self.translate_tokens(sentences, **options))
+            [self._translation(sentence, tokens, h, decoding.unk_replace) for h in sentence_hyps]
+            for sentence, tokens, sentence_hyps in zip(sentences, source_tokens, hypotheses)
         ]
 
-    def evaluate(self, pairs: Sequence[tuple[str, str]]) -> dict:
-        """Loss and perplexity (teacher forcing off, like validation), BLEU and chrF on pairs."""
+    def translate(self, sentences: Sequence[str], **options) -> list[str]:
+        """Translations as text, one per input sentence (an empty sentence gives '').
+
+        Takes the options of `translations`, e.g. `beam_size=5` or `temperature=0.8, seed=1`.
+        """
+        return [best.text for best, *_ in self.translations(sentences, **options)]
+
+    def _decoding(self, n_best: int, options: dict) -> DecodingConfig:
+        """The checkpoint's decoding settings with `options` applied and checked."""
+        overrides = {key: value for key, value in options.items() if value is not None}
+        decoding = self.config.to_dict()["decoding"] | overrides
+        decoding = from_dict({"decoding": decoding}).decoding
+        if n_best > max(decoding.beam_size, 1):
+            raise EncdecError(f"n_best ({n_best}) cannot exceed beam_size ({decoding.beam_size})")
+        if decoding.unk_replace and self.model.decoder.attention is None:
+            raise EncdecError("unk_replace needs a model with attention (model.attention)")
+        return decoding
+
+    def _translation(
+        self, sentence: str, source_tokens: list[str], hypothesis: Hypothesis, unk_replace: bool
+    ) -> Translation:
+        tokens = self.trg_vocab.decode(hypothesis.ids)
+        # what the model read: <sos>, the (maybe reversed) source, <eos>
+        read = [SOS, *(source_tokens[::-1] if self.config.data.reverse_src else source_tokens), EOS]
+        if unk_replace and hypothesis.attention is not None:
+            tokens = _replace_unknowns(tokens, read, hypothesis.attention)
+        text = self.trg_tokenizer.detokenize(tokens) if sentence.strip() else ""
+        return Translation(text, tokens, hypothesis.score, read, hypothesis.attention)
+
+    def evaluate(self, pairs: Sequence[tuple[str, str]], **options) -> dict:
+        """Loss and perplexity (teacher forcing off, like validation), BLEU and chrF on pairs.
+
+        `options` are decoding settings, as for `translations` (e.g. `beam_size=5`).
+        """
         sources = [source for source, _ in pairs]
         references = [reference for _, reference in pairs]
         source_tokens = self.src_tokenizer.tokenize_many(sources)
@@ -97,8 +145,9 @@ class Translator:
         ]
         batches = evaluation_batches(examples, self.config.training.batch_size)
         loss = run_epoch(self.model, examples, batches, self.trg_vocab.pad_idx, 0.0).loss
-        hypothesis_tokens = self.translate_tokens(sources)
-        hypotheses = [self.trg_tokenizer.detokenize(tokens) for tokens in hypothesis_tokens]
+        best = [translations[0] for translations in self.translations(sources, **options)]
+        hypothesis_tokens = [translation.tokens for translation in best]
+        hypotheses = [translation.text for translation in best]
         return {
             "loss": loss,
             "ppl": perplexity(loss),

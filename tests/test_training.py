@@ -1,0 +1,237 @@
+"""Tests for encdec.training: label smoothing, lr schedules, early stopping, best-epoch choice."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from encdec.batching import collate
+from encdec.checkpoint import load_checkpoint
+from encdec.config import Config, ModelConfig, TrainingConfig, from_dict
+from encdec.corpus import build_corpus
+from encdec.model import build_model
+from encdec.training import (
+    batch_scheduler,
+    epoch_scheduler,
+    evaluate_split,
+    run_epoch,
+    token_losses,
+    train,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+PAD, VOCAB_SIZE = 1, 12  # <pad> is id 1 in every encdec vocabulary
+# (source, target) ids with <sos>=2 and <eos>=3; different lengths, so the batch has padding
+EXAMPLES = [
+    ([2, 4, 5, 6, 3], [2, 7, 8, 3]),
+    ([2, 9, 3], [2, 10, 11, 4, 5, 3]),
+    ([2, 6, 7, 8, 9, 10, 3], [2, 11, 3]),
+]
+TINY_MODEL = ModelConfig(embedding_dim=8, hidden_dim=16, num_layers=1, dropout=0.0)
+
+
+def toy_config(**training) -> Config:
+    """A tiny model on the demo's toy phrases; each epoch is two batches."""
+    return from_dict(
+        {
+            "data": {"dataset": "toy", "src_lang": "en", "trg_lang": "es", "min_freq": 1},
+            "model": {"embedding_dim": 8, "hidden_dim": 16, "num_layers": 1, "dropout": 0.0},
+            "training": {"epochs": 4, "batch_size": 16, "max_steps": 2, **training},
+            "decoding": {"max_len": 5},
+        }
+    )
+
+
+def script_validation(monkeypatch, losses: list[float], bleus: list[float]) -> None:
+    """Replace validation with these scores, one per epoch, so selection is certain and fast."""
+    scores = iter(zip(losses, bleus))
+
+    def scripted(model, corpus, split, config) -> dict:
+        loss, bleu = next(scores) if split == "valid" else (1.0, 0.0)
+        keys = ("loss", "ppl", "teacher_forced_loss", "teacher_forced_ppl", "bleu", "chrf")
+        values = (loss, math.exp(loss), loss, math.exp(loss), bleu, bleu)
+        return {f"{split}_{key}": value for key, value in zip(keys, values)}
+
+    monkeypatch.setattr("encdec.training.evaluate_split", scripted)
+
+
+def read_records(out_dir: Path) -> list[dict]:
+    lines = (out_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def random_logits_and_targets() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 3, VOCAB_SIZE, generator=generator, requires_grad=True)  # (T-1, B, V)
+    targets = torch.randint(2, VOCAB_SIZE, (5, 3), generator=generator)  # (T-1, B)
+    targets[3:, 0] = PAD
+    targets[4:, 2] = PAD
+    return logits, targets
+
+
+def test_unsmoothed_loss_equals_cross_entropy_loss():
+    logits, targets = random_logits_and_targets()
+    reported, trained = token_losses(logits, targets, PAD, label_smoothing=0.0)
+    criterion = nn.CrossEntropyLoss(ignore_index=PAD, reduction="sum")
+    expected = criterion(logits.flatten(0, 1), targets.flatten())
+    torch.testing.assert_close(reported, expected)
+    torch.testing.assert_close(trained, expected)
+
+
+def test_smoothed_loss_equals_torch_label_smoothing_and_ignores_padding():
+    logits, targets = random_logits_and_targets()
+    reported, trained = token_losses(logits, targets, PAD, label_smoothing=0.1)
+    flat_logits, flat_targets = logits.flatten(0, 1), targets.flatten()
+    smoothed = F.cross_entropy(
+        flat_logits, flat_targets, ignore_index=PAD, label_smoothing=0.1, reduction="sum"
+    )
+    plain = F.cross_entropy(flat_logits, flat_targets, ignore_index=PAD, reduction="sum")
+    torch.testing.assert_close(trained, smoothed)
+    torch.testing.assert_close(reported, plain)
+
+
+def gradients_after_one_batch(label_smoothing: float) -> tuple[nn.Module, float, list]:
+    """A fresh tiny model, its reported loss and its gradient after one run_epoch update."""
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL, VOCAB_SIZE, VOCAB_SIZE)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # keeps the weights and the gradient
+    result = run_epoch(
+        model, EXAMPLES, [[0, 1, 2]], PAD, 1.0, optimizer, clip=1e9, label_smoothing=label_smoothing
+    )
+    return model, result.loss, [parameter.grad.clone() for parameter in model.parameters()]
+
+
+def test_label_smoothing_changes_gradient_not_reported_loss():
+    model, reported, gradients = gradients_after_one_batch(label_smoothing=0.1)
+    batch = collate(EXAMPLES, [0, 1, 2], PAD)
+    model.zero_grad()
+    logits = model(batch.src, batch.src_lengths, batch.trg, 1.0)  # (T-1, B, V)
+    flat_logits, targets = logits.flatten(0, 1), batch.trg[1:].flatten()
+    smoothed = F.cross_entropy(
+        flat_logits, targets, ignore_index=PAD, label_smoothing=0.1, reduction="sum"
+    )
+    (smoothed / batch.n_target_tokens).backward()
+    for parameter, gradient in zip(model.parameters(), gradients):
+        torch.testing.assert_close(gradient, parameter.grad)
+    plain = F.cross_entropy(flat_logits, targets, ignore_index=PAD).item()
+    assert reported == pytest.approx(plain)
+
+    _, unsmoothed_reported, unsmoothed_gradients = gradients_after_one_batch(label_smoothing=0.0)
+    assert reported == pytest.approx(unsmoothed_reported)
+    assert not all(torch.allclose(a, b) for a, b in zip(gradients, unsmoothed_gradients))
+
+
+def toy_optimizer() -> torch.optim.Optimizer:
+    return torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+
+
+def test_warmup_decay_rises_linearly_then_decays_as_inverse_square_root():
+    optimizer = toy_optimizer()
+    settings = TrainingConfig(lr_schedule="warmup_decay", warmup_steps=4)
+    scheduler = batch_scheduler(optimizer, settings)
+    assert epoch_scheduler(optimizer, settings) is None
+    lrs = []
+    for _ in range(8):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [0.25, 0.5, 0.75, 1.0] + [math.sqrt(4 / step) for step in (5, 6, 7, 8)]
+    assert lrs == pytest.approx(expected)
+
+
+def plateau_lrs(settings: TrainingConfig, metrics: list[float]) -> list[float]:
+    """The lr after each epoch's plateau check on `metrics`, starting from lr 1."""
+    optimizer = toy_optimizer()
+    scheduler = epoch_scheduler(optimizer, settings)
+    assert batch_scheduler(optimizer, settings) is None
+    lrs = []
+    for metric in metrics:
+        scheduler.step(metric)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    return lrs
+
+
+def test_plateau_cuts_lr_after_lr_patience_stalled_epochs_down_to_min_lr():
+    settings = TrainingConfig(lr_schedule="plateau", lr_decay_factor=0.5, lr_patience=1, min_lr=0.2)
+    losses = [1.0, 0.9, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95]
+    assert plateau_lrs(settings, losses) == pytest.approx([1, 1, 1, 0.5, 0.5, 0.25, 0.25, 0.2])
+
+
+def test_plateau_on_bleu_cuts_lr_only_when_bleu_stops_rising():
+    settings = TrainingConfig(lr_schedule="plateau", select_by="bleu", lr_patience=0)
+    assert plateau_lrs(settings, [10, 12, 11, 13, 13]) == pytest.approx([1, 1, 0.5, 0.5, 0.25])
+
+
+def test_no_schedule_keeps_lr_and_logs_it_each_epoch(tmp_path, monkeypatch):
+    settings = TrainingConfig()
+    assert settings.lr_schedule == "none"
+    assert batch_scheduler(toy_optimizer(), settings) is None
+    assert epoch_scheduler(toy_optimizer(), settings) is None
+    script_validation(monkeypatch, [4.0, 3.0, 2.0], [1.0, 2.0, 3.0])
+    train(toy_config(epochs=3, lr=0.002), tmp_path, quiet=True)
+    assert [record["lr"] for record in read_records(tmp_path)] == [0.002] * 3
+    epoch_lines = [
+        line for line in (tmp_path / "train.log").read_text().splitlines() if "| lr " in line
+    ]
+    assert len(epoch_lines) == 3 and all("lr 2.00e-03" in line for line in epoch_lines)
+
+
+def test_warmup_decay_steps_the_lr_each_batch_in_training(tmp_path, monkeypatch):
+    script_validation(monkeypatch, [4.0, 3.0, 2.0], [1.0, 2.0, 3.0])
+    config = toy_config(epochs=3, lr=1.0, lr_schedule="warmup_decay", warmup_steps=4)
+    train(config, tmp_path, quiet=True)
+    # two batches per epoch: the lr after 2, 4 and 6 updates
+    lrs = [record["lr"] for record in read_records(tmp_path)]
+    assert lrs == pytest.approx([0.75, math.sqrt(4 / 5), math.sqrt(4 / 7)])
+
+
+def test_plateau_in_training_follows_the_selection_metric(tmp_path, monkeypatch):
+    # valid loss keeps falling while BLEU stalls at epoch 3: with select_by bleu, the lr is cut
+    script_validation(monkeypatch, [4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 2.0, 3.0])
+    config = toy_config(select_by="bleu", lr_schedule="plateau", lr_patience=0, lr=0.002)
+    train(config, tmp_path, quiet=True)
+    assert [record["lr"] for record in read_records(tmp_path)] == [0.002, 0.002, 0.002, 0.001]
+
+
+def test_training_stops_after_patience_epochs_without_improvement(tmp_path, monkeypatch):
+    script_validation(monkeypatch, [3.0, 2.0, 2.5, 2.2, 1.0, 0.5], [0.0] * 6)
+    train(toy_config(epochs=6, patience=2), tmp_path, quiet=True)
+    assert [record["epoch"] for record in read_records(tmp_path)] == [1, 2, 3, 4]
+    log_text = (tmp_path / "train.log").read_text(encoding="utf-8")
+    assert "early stopping after epoch 4: valid loss has not improved for 2 epochs" in log_text
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 2
+
+
+def test_training_without_patience_runs_every_epoch(tmp_path, monkeypatch):
+    script_validation(monkeypatch, [3.0, 4.0, 5.0, 6.0], [0.0] * 4)
+    train(toy_config(epochs=4), tmp_path, quiet=True)
+    assert len(read_records(tmp_path)) == 4
+    assert "early stopping" not in (tmp_path / "train.log").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("select_by, best_epoch", [("bleu", 2), ("loss", 4)])
+def test_select_by_keeps_the_epoch_with_the_best_selection_metric(
+    tmp_path, monkeypatch, select_by, best_epoch
+):
+    losses, bleus = [4.0, 3.0, 2.0, 1.0], [5.0, 20.0, 10.0, 15.0]
+    script_validation(monkeypatch, losses, bleus)
+    train(toy_config(select_by=select_by), tmp_path, quiet=True)
+    checkpoint = load_checkpoint(tmp_path / "best.pt")
+    assert checkpoint["epoch"] == best_epoch
+    expected = bleus if select_by == "bleu" else losses
+    assert checkpoint[f"valid_{select_by}"] == expected[best_epoch - 1]
+
+
+def test_evaluate_split_reports_bleu_and_chrf():
+    config = toy_config()
+    corpus = build_corpus(config.data)
+    torch.manual_seed(0)
+    model = build_model(config.model, len(corpus.src_vocab), len(corpus.trg_vocab))
+    scores = evaluate_split(model, corpus, "valid", config)
+    assert {"valid_loss", "valid_ppl", "valid_bleu", "valid_chrf"} <= set(scores)
+    assert 0 <= scores["valid_chrf"] <= 100
