@@ -19,6 +19,7 @@ VARIANTS = [
     {"attention": "additive"},
     {"attention": "general", "bidirectional": True},
     {"attention": "additive", "bidirectional": True, "cell": "gru"},
+    {"attention": "dot", "bidirectional": True, "input_feeding": True},
 ]
 
 
@@ -101,14 +102,14 @@ def test_bidirectional_encoder_bridges_to_the_decoders_size():
     model = attention_model(attention="general", bidirectional=True)
     src = padded_batch([6, 4, 5], SRC_VOCAB, 10)
     outputs, (hidden, cell) = model.encoder(src, torch.tensor([6, 4, 5]))
-    assert outputs.shape == (6, 3, 64)  # both directions side by side
+    assert outputs.shape == (6, 3, 32)  # both directions side by side, 16 each
     assert hidden.shape == cell.shape == (2, 3, 32)  # one state per decoder layer
     assert torch.all(outputs[4:, 1] == 0)  # nothing is read past the sentence's end
 
 
-def test_dot_attention_over_a_bidirectional_encoder_is_a_clear_error():
-    with pytest.raises(EncdecError, match="general"):
-        attention_model(attention="dot", bidirectional=True)
+def test_bidirectional_encoder_needs_an_even_hidden_size():
+    with pytest.raises(EncdecError, match="even hidden_dim"):
+        build_model(ModelConfig(hidden_dim=33, bidirectional=True), SRC_VOCAB, TRG_VOCAB)
 
 
 def test_tied_embeddings_share_one_weight_matrix():

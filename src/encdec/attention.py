@@ -4,8 +4,8 @@ Luong et al. (2015) score the decoder's current output against each source posit
 or `general` with a learnt matrix); Bahdanau et al. (2015) score the decoder's previous state
 with a small feed-forward layer (`additive`). Padding positions get weight 0.
 
-Shapes: T = target steps, S = source length, B = batch, H = decoder hidden size,
-M = size of an encoder output (H, or 2H for a bidirectional encoder).
+Shapes: T = target steps, S = source length, B = batch, H = hidden size (of the decoder and
+of each encoder output).
 """
 
 from __future__ import annotations
@@ -15,15 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from encdec.errors import EncdecError
-
 
 @dataclass
 class Memory:
     """What attention reads: the encoder's outputs, batch-major, and where the padding is."""
 
-    values: torch.Tensor  # (B, S, M) encoder outputs
-    keys: torch.Tensor  # (B, S, K) the attention's projection of `values`, computed once
+    values: torch.Tensor  # (B, S, H) encoder outputs
+    keys: torch.Tensor  # (B, S, H) the attention's projection of `values`, computed once
     mask: torch.Tensor  # (B, S) True at real source tokens
 
     def select(self, index: torch.Tensor) -> Memory:
@@ -46,39 +44,34 @@ class Attention(nn.Module):
         return torch.bmm(queries, keys.transpose(1, 2))  # (B, T, H) x (B, H, S) -> (B, T, S)
 
     def memory(self, outputs: torch.Tensor, src_lengths: torch.Tensor) -> Memory:
-        """Memory from the encoder's outputs (S, B, M) and the source lengths (B,)."""
-        values = outputs.transpose(0, 1)  # (B, S, M)
+        """Memory from the encoder's outputs (S, B, H) and the source lengths (B,)."""
+        values = outputs.transpose(0, 1)  # (B, S, H)
         positions = torch.arange(values.shape[1], device=values.device)
         mask = positions.unsqueeze(0) < src_lengths.to(values.device).unsqueeze(1)  # (B, S)
         return Memory(values, self.keys(values), mask)
 
     def forward(self, queries: torch.Tensor, memory: Memory) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context vectors (T, B, M) and attention weights (T, B, S) for queries (T, B, H)."""
+        """Context vectors (T, B, H) and attention weights (T, B, S) for queries (T, B, H)."""
         scores = self.scores(queries.transpose(0, 1), memory.keys)  # (B, T, S)
         scores = scores.masked_fill(~memory.mask.unsqueeze(1), float("-inf"))
         weights = torch.softmax(scores, dim=-1)  # (B, T, S)
-        context = torch.bmm(weights, memory.values)  # (B, T, M)
+        context = torch.bmm(weights, memory.values)  # (B, T, H)
         return context.transpose(0, 1), weights.transpose(0, 1)
 
 
 class DotAttention(Attention):
     """Luong's `dot` score: query · encoder output."""
 
-    def __init__(self, query_dim: int, memory_dim: int):
+    def __init__(self, hidden_dim: int):
         super().__init__()
-        if query_dim != memory_dim:
-            raise EncdecError(
-                f"dot attention needs equal decoder ({query_dim}) and encoder output "
-                f"({memory_dim}) sizes; use model.attention=general with a bidirectional encoder"
-            )
 
 
 class GeneralAttention(Attention):
     """Luong's `general` score: query · W · encoder output."""
 
-    def __init__(self, query_dim: int, memory_dim: int):
+    def __init__(self, hidden_dim: int):
         super().__init__()
-        self.key_projection = nn.Linear(memory_dim, query_dim, bias=False)
+        self.key_projection = nn.Linear(hidden_dim, hidden_dim, bias=False)
 
     def keys(self, values: torch.Tensor) -> torch.Tensor:
         return self.key_projection(values)  # (B, S, H)
@@ -89,11 +82,11 @@ class AdditiveAttention(Attention):
 
     query_before_rnn = True
 
-    def __init__(self, query_dim: int, memory_dim: int):
+    def __init__(self, hidden_dim: int):
         super().__init__()
-        self.query_projection = nn.Linear(query_dim, query_dim, bias=False)
-        self.key_projection = nn.Linear(memory_dim, query_dim, bias=False)
-        self.energy = nn.Linear(query_dim, 1, bias=False)
+        self.query_projection = nn.Linear(hidden_dim, hidden_dim, bias=False)
+        self.key_projection = nn.Linear(hidden_dim, hidden_dim, bias=False)
+        self.energy = nn.Linear(hidden_dim, 1, bias=False)
 
     def keys(self, values: torch.Tensor) -> torch.Tensor:
         return self.key_projection(values)  # (B, S, H)

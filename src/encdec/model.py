@@ -1,8 +1,7 @@
 """The encoder-decoder of Sutskever et al. (2014): the textbook seq2seq model.
 
 Shapes use S = source length, T = target length, B = batch, E = embedding size, H = hidden size,
-L = layers, V = vocabulary size, M = encoder output size. Sequences are time-major, (S, B), as
-in the textbook.
+L = layers, V = vocabulary size. Sequences are time-major, (S, B), as in the textbook.
 """
 
 from __future__ import annotations
@@ -54,8 +53,9 @@ def _select_columns(tensors, index: torch.Tensor):
 class Encoder(nn.Module):
     """Reads the source and compresses it into a context vector: the RNN's final state.
 
-    A bidirectional encoder reads the source both ways; a bridge layer turns each layer's two
-    final states into the one state the decoder starts from.
+    A bidirectional encoder reads the source both ways with half the hidden size each way, so
+    its outputs keep the size H; a bridge layer turns each layer's two final states into the
+    one state the decoder starts from.
     """
 
     def __init__(
@@ -69,24 +69,26 @@ class Encoder(nn.Module):
         bidirectional: bool = False,
     ):
         super().__init__()
+        if bidirectional and hidden_dim % 2:
+            raise EncdecError(f"a bidirectional encoder needs an even hidden_dim, got {hidden_dim}")
         self.hidden_dim, self.num_layers = hidden_dim, num_layers
-        self.output_dim = 2 * hidden_dim if bidirectional else hidden_dim
+        rnn_dim = hidden_dim // 2 if bidirectional else hidden_dim  # per direction
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.rnn = RNN_CELLS[cell](
-            embedding_dim, hidden_dim, num_layers, dropout=dropout, bidirectional=bidirectional
+            embedding_dim, rnn_dim, num_layers, dropout=dropout, bidirectional=bidirectional
         )
         self.dropout = nn.Dropout(dropout)
-        self.bridge = nn.Linear(2 * hidden_dim, hidden_dim) if bidirectional else None
+        self.bridge = nn.Linear(hidden_dim, hidden_dim) if bidirectional else None
 
     def forward(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple[torch.Tensor, State]:
-        """The outputs at every source position, (S, B, M), and the context vector."""
+        """The outputs at every source position, (S, B, H), and the context vector."""
         # src: (S, B); src_lengths: (B,) on the CPU
         embedded = self.dropout(self.embedding(src))  # (S, B, E)
         # Packing stops each sentence's RNN at its last real token, so the context vector never
         # sees padding and a sentence encodes the same alone or beside longer batch-mates.
         packed = pack_padded_sequence(embedded, src_lengths.cpu(), enforce_sorted=False)
-        packed_outputs, context = self.rnn(packed)  # hidden (and cell): (L * directions, B, H)
-        outputs, _ = pad_packed_sequence(packed_outputs, total_length=src.shape[0])  # (S, B, M)
+        packed_outputs, context = self.rnn(packed)  # hidden (and cell): (L * directions, B, .)
+        outputs, _ = pad_packed_sequence(packed_outputs, total_length=src.shape[0])  # (S, B, H)
         if self.bridge is not None:
             context = self._bridged(context)
         return outputs, context
@@ -94,8 +96,8 @@ class Encoder(nn.Module):
     def _bridged(self, context: State) -> State:
         if isinstance(context, tuple):
             return tuple(self._bridged(part) for part in context)
-        both_ways = context.view(self.num_layers, 2, *context.shape[1:])  # (L, 2, B, H)
-        both_ways = torch.cat([both_ways[:, 0], both_ways[:, 1]], dim=-1)  # (L, B, 2H)
+        both_ways = context.view(self.num_layers, 2, *context.shape[1:])  # (L, 2, B, H/2)
+        both_ways = torch.cat([both_ways[:, 0], both_ways[:, 1]], dim=-1)  # (L, B, H)
         return torch.tanh(self.bridge(both_ways))  # (L, B, H)
 
 
@@ -117,7 +119,6 @@ class Decoder(nn.Module):
         dropout: float,
         cell: str = "lstm",
         attention: Attention | None = None,
-        memory_dim: int = 0,
         input_feeding: bool = False,
     ):
         super().__init__()
@@ -127,11 +128,11 @@ class Decoder(nn.Module):
         if input_feeding:
             rnn_input_dim += hidden_dim
         if attention is not None and attention.query_before_rnn:
-            rnn_input_dim += memory_dim
+            rnn_input_dim += hidden_dim  # the context vector read before the step
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.rnn = RNN_CELLS[cell](rnn_input_dim, hidden_dim, num_layers, dropout=dropout)
         if attention is not None:
-            self.combine = nn.Linear(memory_dim + hidden_dim, hidden_dim)
+            self.combine = nn.Linear(2 * hidden_dim, hidden_dim)  # [context; output] -> H
         self.fc_out = nn.Linear(hidden_dim, vocab_size)
         self.dropout = nn.Dropout(dropout)
 
@@ -147,7 +148,7 @@ class Decoder(nn.Module):
             attentional, state = self._attend_step_by_step(embedded, state)
         else:  # Luong without input feeding: every step in one RNN call, one batched attention
             output, rnn_state = self.rnn(embedded, state.rnn)  # (steps, B, H)
-            context, weights = self.attention(output, state.memory)  # (steps, B, M)
+            context, weights = self.attention(output, state.memory)  # (steps, B, H)
             attentional = torch.tanh(self.combine(torch.cat([context, output], -1)))
             state = DecoderState(rnn_state, state.memory, attentional[-1:], weights)
         prediction = self.fc_out(self.dropout(attentional))  # (steps, B, V)
@@ -164,7 +165,7 @@ class Decoder(nn.Module):
                 rnn_inputs.append(state.attentional)  # (1, B, H)
             if self.attention.query_before_rnn:  # Bahdanau: the top layer's previous state
                 context, weights = self.attention(_top_hidden(state.rnn), state.memory)
-                rnn_inputs.append(context)  # (1, B, M)
+                rnn_inputs.append(context)  # (1, B, H)
             output, rnn_state = self.rnn(torch.cat(rnn_inputs, -1), state.rnn)  # (1, B, H)
             if not self.attention.query_before_rnn:
                 context, weights = self.attention(output, state.memory)
@@ -242,8 +243,8 @@ def build_model(config: ModelConfig, src_vocab_size: int, trg_vocab_size: int) -
     encoder = Encoder(src_vocab_size, *shape, bidirectional=config.bidirectional)
     attention = None
     if config.attention != "none":
-        attention = ATTENTIONS[config.attention](config.hidden_dim, encoder.output_dim)
-    decoder = Decoder(trg_vocab_size, *shape, attention, encoder.output_dim, config.input_feeding)
+        attention = ATTENTIONS[config.attention](config.hidden_dim)
+    decoder = Decoder(trg_vocab_size, *shape, attention, config.input_feeding)
     model = Seq2Seq(encoder, decoder)
     for parameter in model.parameters():
         nn.init.uniform_(parameter, -0.08, 0.08)
