@@ -131,7 +131,7 @@ def test_beam_of_one_equals_greedy(model):
     batch = collate([(source, [SOS, EOS]) for source in SOURCES], list(range(5)), PAD)
     greedy = decode(model, batch.src, batch.src_lengths, SOS, EOS, 12)
     beams = beam_batch(model, SOURCES, beam_size=1)
-    assert [best.ids for best, in beams] == [hypothesis.ids for hypothesis in greedy]
+    assert [best.ids for (best,) in beams] == [hypothesis.ids for hypothesis in greedy]
     for (best,), hypothesis in zip(beams, greedy):
         assert best.score == pytest.approx(hypothesis.score, abs=1e-4)
 
