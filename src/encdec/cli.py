@@ -21,6 +21,8 @@ EXAMPLES = {
     "data-stats": "encdec data-stats --data-dir ../shared/data/multi30k --src de --trg en",
     "demo": "encdec demo",
     "download": "encdec download --langs de en",
+    "plot": "encdec plot curves runs/seed; "
+    'encdec plot attention runs/attention/best.pt "Ein Mann fährt Fahrrad."',
 }
 
 # The demo: a tiny English->Spanish model that memorises the embedded phrase list in seconds.
@@ -70,7 +72,22 @@ def _config_from_args(args: argparse.Namespace, extra_overrides: tuple[str, ...]
 def cmd_train(args: argparse.Namespace) -> None:
     from encdec.training import train
 
-    train(_config_from_args(args), args.out, quiet=args.quiet)
+    if args.resume:
+        train(_resumed_config(args), args.resume, quiet=args.quiet, resume=True)
+    else:
+        train(_config_from_args(args), args.out, quiet=args.quiet)
+
+
+def _resumed_config(args: argparse.Namespace):
+    """None (last.pt's config) unless --config is given; training then checks that they match."""
+    if args.config:
+        return _config_from_args(args)
+    if args.set or args.epochs is not None or args.max_steps is not None or args.data_dir:
+        raise EncdecError(
+            "--resume goes on with the config saved in last.pt: --set, --epochs, --max-steps "
+            "and --data-dir count only beside --config, which must match it"
+        )
+    return None
 
 
 def cmd_translate(args: argparse.Namespace) -> None:
@@ -193,6 +210,33 @@ def cmd_download(args: argparse.Namespace) -> None:
         print(path)
 
 
+def cmd_plot(args: argparse.Namespace) -> None:
+    from encdec import plots
+
+    if args.kind == "curves":
+        written = plots.plot_curves(args.run_dir, args.output)
+    else:
+        written = plots.plot_attention(args.checkpoint, args.sentence, args.output, args.beam)
+    print(written)
+
+
+def _add_plot_parser(verb) -> None:
+    plot_parser = verb("plot", "a run's learning curves or a model's attention, as PNG", cmd_plot)
+    kinds = plot_parser.add_subparsers(dest="kind", required=True, metavar="KIND")
+    curves_help = "loss, perplexity and BLEU/chrF per epoch, from RUN_DIR/metrics.jsonl"
+    curves = kinds.add_parser("curves", help=curves_help, description=curves_help)
+    curves.add_argument("run_dir", help="the --out folder of encdec train")
+    curves.add_argument("--output", help="PNG to write (default: RUN_DIR/curves.png)")
+    attention_help = "heatmap of where each word of the translation looked in the source"
+    attention = kinds.add_parser("attention", help=attention_help, description=attention_help)
+    attention.add_argument("checkpoint", help="a best.pt of a model with attention")
+    attention.add_argument("sentence", help="the source sentence to translate")
+    attention.add_argument(
+        "--output", default="attention.png", help="PNG to write (default: attention.png)"
+    )
+    attention.add_argument("--beam", type=int, help="beam size (default: the checkpoint's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="encdec", description="Recurrent encoder-decoder models for machine translation."
@@ -213,7 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_parser = verb("train", "train a model from a config", cmd_train)
     _add_config_options(train_parser)
-    train_parser.add_argument("--out", required=True, help="run directory for checkpoints and logs")
+    run_dir = train_parser.add_mutually_exclusive_group(required=True)
+    run_dir.add_argument("--out", help="run directory for checkpoints and logs")
+    run_dir.add_argument(
+        "--resume", metavar="RUN_DIR", help="go on from RUN_DIR/last.pt with its saved config"
+    )
     train_parser.add_argument("--epochs", type=int, help="override training.epochs")
     train_parser.add_argument(
         "--max-steps", type=int, help="end each epoch after this many batches (smoke tests)"
@@ -238,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--int8", action="store_true", help="quantize the model to int8 first (faster on CPU)"
     )
 
-    evaluate_parser = verb("evaluate", "loss, perplexity and BLEU of a checkpoint", cmd_evaluate)
+    evaluate_parser = verb("evaluate", "loss, perplexity, BLEU and chrF of a checkpoint", cmd_evaluate)
     evaluate_parser.add_argument("checkpoint", help="a best.pt written by encdec train")
     evaluate_parser.add_argument("--split", default="test", choices=data.SPLITS)
     evaluate_parser.add_argument("--data-dir", help="Multi30k folder (default: as trained)")
@@ -265,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     download_parser.add_argument(
         "--langs", nargs="+", default=list(data.MULTI30K_LANGS), choices=data.MULTI30K_LANGS
     )
+    _add_plot_parser(verb)
     return parser
 
 
@@ -277,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"encdec {args.verb}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"encdec {args.verb}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:  # training's TrainingStopped says how to resume
+        print(f"encdec {args.verb}: interrupted{f': {error}' if str(error) else ''}", file=sys.stderr)
+        return getattr(error, "exit_code", 130)
     return 0
