@@ -1,14 +1,23 @@
-"""Tests for encdec.checkpoint: atomic writes, round trips and clear errors on bad files."""
+"""Tests for encdec.checkpoint: atomic writes, round trips, clear errors on bad files, RNGs."""
 
+import os
 import random
 import re
+import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from encdec import checkpoint
-from encdec.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from encdec.checkpoint import (
+    FORMAT_VERSION,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
 from encdec.errors import EncdecError
 
 
@@ -146,3 +155,30 @@ def test_newer_format_with_other_keys_still_reports_its_version(tmp_path):
     torch.save({"format_version": 99, "weights": {}}, path)
     with pytest.raises(EncdecError, match="99"):
         load_checkpoint(path)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="folders can be synced on POSIX only")
+def test_save_syncs_the_file_then_its_folder(tmp_path, monkeypatch):
+    synced_folders = []
+    real_fsync = os.fsync
+
+    def recording_fsync(descriptor: int) -> None:
+        synced_folders.append(stat.S_ISDIR(os.fstat(descriptor).st_mode))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", recording_fsync)
+    save_checkpoint(make_state(), tmp_path / "model.pt")
+    assert synced_folders == [False, True]
+
+
+def draws(data_order: random.Random) -> tuple:
+    return random.random(), np.random.rand(), torch.rand(3).tolist(), data_order.random()
+
+
+def test_rng_states_saved_in_a_checkpoint_repeat_every_draw(tmp_path):
+    data_order = random.Random(7)
+    save_checkpoint({**make_state(), "rng": rng_states(data_order)}, tmp_path / "last.pt")
+    expected = draws(data_order)
+    draws(data_order)  # move every generator on
+    restore_rng_states(load_checkpoint(tmp_path / "last.pt")["rng"], data_order)
+    assert draws(data_order) == expected

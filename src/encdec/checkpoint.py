@@ -1,32 +1,60 @@
-"""Checkpoints: written atomically, self-describing, checked on load."""
+"""Checkpoints: written atomically, self-describing, checked on load; the RNG states to resume."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import random
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
 import torch
 
 from encdec.errors import EncdecError
 
 FORMAT_VERSION = 1
+READABLE_VERSIONS = (1,)
 REQUIRED_KEYS = ("format_version", "model", "config", "src_vocab", "trg_vocab")
 
 
-def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write `state` so that `path` holds either the old file or the whole new one, never a part."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """Open a temporary file beside `path`; on success it is synced and renamed over `path`."""
     path = Path(path)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
-            torch.save({"format_version": FORMAT_VERSION, **state}, file)
+            yield file
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+    _sync_directory(path.parent)
+
+
+def _sync_directory(folder: Path) -> None:
+    """Make a rename in `folder` survive a power cut (POSIX only; Windows cannot open folders)."""
+    if os.name != "posix":
+        return
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+    except OSError:  # some file systems refuse to sync a folder; the file itself is synced
+        pass
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Write `state` so that `path` holds either the old file or the whole new one, never a part."""
+    with atomic_file(path) as file:
+        torch.save({"format_version": FORMAT_VERSION, **state}, file)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -43,11 +71,30 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(state, dict) or "format_version" not in state:
         raise EncdecError(f"{path} is not an encdec checkpoint (it has no format_version)")
     # the version first: another format may name its keys differently
-    if state["format_version"] != FORMAT_VERSION:
+    if state["format_version"] not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
         raise EncdecError(
             f"checkpoint {path} has format version {state['format_version']}, this encdec reads "
-            f"version {FORMAT_VERSION}: use the encdec release that wrote it"
+            f"version {readable}: use the encdec release that wrote it"
         )
     if any(key not in state for key in REQUIRED_KEYS):
         raise EncdecError(f"{path} is not an encdec checkpoint (missing model, config or vocab)")
     return state
+
+
+def rng_states(data_order: random.Random) -> dict:
+    """Every random number generator training draws from, as it stands now."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "data_order": data_order.getstate(),
+    }
+
+
+def restore_rng_states(states: dict, data_order: random.Random) -> None:
+    """Put every generator back where `rng_states` found it, so the next draws repeat."""
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    data_order.setstate(states["data_order"])

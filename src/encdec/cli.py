@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"encdec {args.verb}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as error:  # training's TrainingStopped says how to resume
-        print(f"encdec {args.verb}: interrupted{f': {error}' if str(error) else ''}", file=sys.stderr)
+        reason = f": {error}" if str(error) else ""
+        print(f"encdec {args.verb}: interrupted{reason}", file=sys.stderr)
         return getattr(error, "exit_code", 130)
     return 0

@@ -68,6 +68,7 @@ class TrainingConfig:
     warmup_steps: int = 500  # warmup_decay: batches of linear warmup, then 1/sqrt(step) decay
     patience: int | None = None  # stop after this many epochs without improvement; None: never
     select_by: str = "loss"  # loss | bleu: the validation metric for best.pt, plateau, stopping
+    save_every_steps: int | None = None  # also write last.pt every this many batches; None: epochs
 
 
 @dataclass
@@ -116,6 +117,7 @@ POSITIVE = {
     ("training", "lr_decay_factor"),
     ("training", "warmup_steps"),
     ("training", "patience"),
+    ("training", "save_every_steps"),
     ("decoding", "max_len"),
     ("decoding", "batch_size"),
     ("decoding", "top_k"),

@@ -1,14 +1,23 @@
-"""Training: the epoch loop, validation with and without teacher forcing, checkpoints, logs."""
+"""Training: the epoch loop, validation with and without teacher forcing, checkpoints, logs.
+
+A run survives being stopped: last.pt holds everything it needs to go on bit for bit
+(`train(..., resume=True)`), SIGINT and SIGTERM save it first, and a non-finite loss stops
+before the weights are spoilt.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import random
+import signal
+import tempfile
+import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -27,9 +36,16 @@ from encdec.batching import (
     evaluation_batches,
     padding_fraction,
 )
-from encdec.checkpoint import load_checkpoint, save_checkpoint
-from encdec.config import Config, TrainingConfig
+from encdec.checkpoint import (
+    atomic_file,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
+from encdec.config import Config, TrainingConfig, from_dict
 from encdec.corpus import Corpus, build_corpus, tokenizers
+from encdec.errors import EncdecError
 from encdec.metrics import bleu, chrf, perplexity
 from encdec.model import Seq2Seq, build_model, count_parameters
 from encdec.search import decode_examples
@@ -106,6 +122,10 @@ def token_losses(
     return nll, (1 - label_smoothing) * nll + label_smoothing * uniform
 
 
+class NonFiniteLoss(EncdecError):
+    """The loss or its gradient is NaN or infinite; the weights were left as they were."""
+
+
 def optimizer_step(
     model: Seq2Seq,
     loss: torch.Tensor,
@@ -113,13 +133,36 @@ def optimizer_step(
     clip: float,
     scheduler: LRScheduler | None,
 ) -> None:
-    """One optimizer step on `loss`, the gradient norm clipped to `clip`; then the lr schedule's."""
+    """One optimizer step on `loss`, the gradient norm clipped to `clip`; then the lr schedule's.
+
+    Raises NonFiniteLoss, before any weight changes, when the loss or gradient is not finite.
+    """
     optimizer.zero_grad()
     loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), clip)
+    gradient_norm = nn.utils.clip_grad_norm_(model.parameters(), clip)
+    if not (torch.isfinite(loss) and torch.isfinite(gradient_norm)):
+        raise NonFiniteLoss(
+            f"the loss is {loss.item():.4g} and its gradient norm {gradient_norm.item():.4g}"
+        )
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
+
+
+def batch_losses(
+    model: Seq2Seq,
+    examples: Sequence[Example],
+    indices: list[int],
+    pad_idx: int,
+    teacher_forcing_ratio: float,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One batch through the model: summed plain and smoothed losses, and the target tokens."""
+    batch = collate(examples, indices, pad_idx)
+    logits = model(batch.src, batch.src_lengths, batch.trg, teacher_forcing_ratio)
+    # The shifted loss: the prediction at step t is scored against trg[t + 1].
+    loss_sum, smoothed_sum = token_losses(logits, batch.trg[1:], pad_idx, label_smoothing)
+    return loss_sum, smoothed_sum, batch.n_target_tokens
 
 
 def run_epoch(
@@ -144,11 +187,9 @@ def run_epoch(
     bar = tqdm(batches[:max_steps], desc=description, leave=False, disable=None)
     with torch.set_grad_enabled(optimizer is not None):
         for indices in bar:
-            batch = collate(examples, indices, pad_idx)
-            logits = model(batch.src, batch.src_lengths, batch.trg, teacher_forcing_ratio)
-            # The shifted loss: the prediction at step t is scored against trg[t + 1].
-            loss_sum, smoothed_sum = token_losses(logits, batch.trg[1:], pad_idx, label_smoothing)
-            n_tokens = batch.n_target_tokens
+            loss_sum, smoothed_sum, n_tokens = batch_losses(
+                model, examples, indices, pad_idx, teacher_forcing_ratio, label_smoothing
+            )
             if optimizer is not None:
                 optimizer_step(model, smoothed_sum / n_tokens, optimizer, clip, scheduler)
             total_loss += loss_sum.item()
@@ -298,68 +339,348 @@ def _describe(corpus: Corpus, model: Seq2Seq) -> None:
     log.info("model parameters: %s", f"{count_parameters(model):,}")
 
 
-def train(config: Config, out_dir: str | Path, quiet: bool = False) -> dict:
-    """Train the model `config` describes; writes best.pt, metrics.jsonl and train.log."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _setup_logging(out_dir, quiet)
+@dataclass
+class Progress:
+    """How far a run has got; with weights, optimizer, schedules and RNGs, all a resume needs."""
+
+    epoch: int = 0  # the epoch being trained, or just finished when `validated`
+    step: int = 0  # batches of `batches` done
+    batches: list[list[int]] = field(default_factory=list)  # this epoch's batch order
+    epoch_loss_sum: float = 0.0  # summed cross-entropy of this epoch's batches so far
+    epoch_tokens: int = 0
+    epoch_seconds: float = 0.0
+    train_seconds_total: float = 0.0  # of the epochs before this one
+    validated: bool = True  # the epoch's end (validation, best.pt, plateau) is done
+    finished: bool = False  # no epoch is left: the last one is done or early stopping struck
+
+
+@dataclass
+class Run:
+    """A training run in memory: what last.pt saves and a resume rebuilds."""
+
+    config: Config
+    corpus: Corpus
+    model: Seq2Seq
+    optimizer: torch.optim.Optimizer
+    per_batch: LRScheduler | None  # warmup_decay, else None
+    per_epoch: ReduceLROnPlateau | None  # plateau, else None
+    selection: Selection
+    data_order: random.Random  # draws each epoch's batch order
+    progress: Progress
+    out_dir: Path
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """Training stopped on SIGINT or SIGTERM after saving last.pt; exit with `exit_code`."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code  # 128 + the signal's number, as a shell reports it
+
+
+class StopSignals:
+    """SIGINT and SIGTERM ask training to stop after the current step; a second SIGINT at once."""
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+
+    def handle(self, signal_number: int, frame: object) -> None:
+        # no logging or printing here: a handler may interrupt the very stream it would write to
+        if self.signal_number is not None and signal_number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_number = signal_number
+
+    def raise_if_requested(self, run: Run) -> None:
+        """Raise TrainingStopped when a signal came; last.pt must hold the current state."""
+        if self.signal_number is None:
+            return
+        progress, name = run.progress, signal.Signals(self.signal_number).name
+        message = (
+            f"stopped by {name} at epoch {progress.epoch}, step {progress.step} of "
+            f"{len(progress.batches)}; last.pt is saved: continue with "
+            f"`encdec train --resume {run.out_dir}`"
+        )
+        log.info(message)
+        raise TrainingStopped(message, 128 + self.signal_number)
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[StopSignals]:
+    """Catch SIGINT and SIGTERM while training (only the main thread may), then restore them."""
+    stop = StopSignals()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    numbers = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, stop.handle) for number in numbers}
+    try:
+        yield stop
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+
+
+def _build_run(config: Config, out_dir: Path) -> Run:
+    """A fresh run of `config`: seeded, with corpus, model, optimizer and schedules."""
     seed_everything(config.training.seed)
     corpus = build_corpus(config.data)
     model = build_model(config.model, len(corpus.src_vocab), len(corpus.trg_vocab))
     _describe(corpus, model)
+    settings = config.training
+    optimizer = make_optimizer(model, settings.lr)
+    return Run(
+        config=config,
+        corpus=corpus,
+        model=model,
+        optimizer=optimizer,
+        per_batch=batch_scheduler(optimizer, settings),
+        per_epoch=epoch_scheduler(optimizer, settings),
+        selection=Selection(settings.select_by),
+        data_order=random.Random(settings.seed),
+        progress=Progress(),
+        out_dir=out_dir,
+    )
+
+
+def _new_run(config: Config, out_dir: Path) -> Run:
+    """Start a run in `out_dir`: its config.yaml written, any old metrics.jsonl removed."""
+    run = _build_run(config, out_dir)
     (out_dir / "config.yaml").write_text(
         yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8"
     )
-    settings, train_examples = config.training, corpus.examples["train"]
-    optimizer = make_optimizer(model, settings.lr)
-    per_batch = batch_scheduler(optimizer, settings)  # warmup_decay, else None
-    per_epoch = epoch_scheduler(optimizer, settings)  # plateau, else None
-    selection = Selection(settings.select_by)
-    data_order = random.Random(settings.seed)
-    train_seconds = 0.0
-    metrics_path = out_dir / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
-    for epoch in range(1, settings.epochs + 1):
-        batches = bucket_batches(
-            train_examples,
-            settings.batch_size,
-            settings.bucket_pool,
-            data_order,
-            settings.batch_tokens,
+    (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    return run
+
+
+def _resume_state(run: Run) -> dict:
+    """What last.pt holds: a translatable checkpoint plus every state the run goes on from."""
+    return checkpoint_state(
+        run.model,
+        run.corpus,
+        run.config,
+        optimizer=run.optimizer.state_dict(),
+        per_batch_scheduler=None if run.per_batch is None else run.per_batch.state_dict(),
+        per_epoch_scheduler=None if run.per_epoch is None else run.per_epoch.state_dict(),
+        rng=rng_states(run.data_order),
+        selection=dataclasses.asdict(run.selection),
+        **dataclasses.asdict(run.progress),
+    )
+
+
+def _load_last(out_dir: Path) -> dict:
+    """out_dir/last.pt, checked to hold the training state a resume needs."""
+    path = out_dir / "last.pt"
+    if not path.is_file():
+        raise EncdecError(f"cannot resume: {path} does not exist (no run was saved there)")
+    state = load_checkpoint(path)
+    if "optimizer" not in state or "rng" not in state:
+        raise EncdecError(f"cannot resume: {path} holds weights but no training state")
+    return state
+
+
+def _resume_config(stored: Config, given: Config | None) -> Config:
+    """The config last.pt was trained with; a given one must match it but for data.data_dir."""
+    if given is None:
+        return stored
+    stored_values, given_values = stored.to_dict(), given.to_dict()
+    differences = [
+        f"{section}.{key} ({stored_values[section][key]!r} in last.pt, {value!r} given)"
+        for section, values in given_values.items()
+        for key, value in values.items()
+        if value != stored_values[section][key] and (section, key) != ("data", "data_dir")
+    ]
+    if differences:
+        raise EncdecError(
+            "a resumed run keeps the config it started with; these differ: "
+            + "; ".join(differences)
         )
-        if epoch == 1:
-            padding = padding_fraction(train_examples, batches)
-            log.info("batches per epoch: %d, padding %.1f%%", len(batches), 100 * padding)
-        result = run_epoch(
-            model,
-            train_examples,
-            batches,
-            corpus.trg_vocab.pad_idx,
-            settings.teacher_forcing_ratio,
-            optimizer,
-            settings.clip,
-            settings.max_steps,
-            f"epoch {epoch}",
-            label_smoothing=settings.label_smoothing,
-            scheduler=per_batch,
-        )
-        train_seconds += result.seconds
-        record = {
-            "epoch": epoch,
-            "train_loss": result.loss,
-            "train_ppl": result.ppl,
-            **evaluate_split(model, corpus, "valid", config),
-            "lr": optimizer.param_groups[0]["lr"],  # after the epoch's updates
-            "epoch_seconds": result.seconds,
-            "train_seconds_total": train_seconds,
-            "train_tokens_per_s": result.tokens / result.seconds,
-        }
-        _log_record(record, settings.epochs, metrics_path)
-        if selection.observe(record):
-            best = {"epoch": epoch, selection.key: selection.best}
-            save_checkpoint(checkpoint_state(model, corpus, config, **best), out_dir / "best.pt")
-        if per_epoch is not None:
-            per_epoch.step(record[selection.key])
-        if _stops_early(selection, settings.patience, epoch):
-            break
-    return _test_best(model, corpus, config, out_dir)
+    return given  # equal but for where the data lies, which may have moved
+
+
+def _restore(run: Run, state: dict) -> None:
+    """Put weights, optimizer, schedules, selection, progress and RNGs back as last.pt has them."""
+    vocabularies = (run.corpus.src_vocab.itos, run.corpus.trg_vocab.itos)
+    if vocabularies != (state["src_vocab"], state["trg_vocab"]):
+        raise EncdecError("cannot resume: the data now gives other vocabularies than last.pt's")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.per_batch is not None:
+        run.per_batch.load_state_dict(state["per_batch_scheduler"])
+    if run.per_epoch is not None:
+        run.per_epoch.load_state_dict(state["per_epoch_scheduler"])
+    run.selection = Selection(**state["selection"])
+    run.progress = Progress(**{key.name: state[key.name] for key in dataclasses.fields(Progress)})
+    restore_rng_states(state["rng"], run.data_order)
+
+
+def _resumed_run(state: dict, config: Config | None, out_dir: Path) -> Run:
+    """Rebuild the run last.pt describes; metrics.jsonl forgets the epochs it will redo."""
+    run = _build_run(_resume_config(from_dict(state["config"]), config), out_dir)
+    _restore(run, state)
+    progress = run.progress
+    done = progress.epoch if progress.validated else progress.epoch - 1
+    _keep_records_through(out_dir / "metrics.jsonl", done)
+    log.info(
+        "resuming from last.pt: epoch %d, step %d of %d%s",
+        progress.epoch,
+        progress.step,
+        len(progress.batches),
+        " (validated)" if progress.validated else "",
+    )
+    return run
+
+
+def _epoch_of(line: str) -> int | None:
+    """The epoch of one metrics.jsonl line; None for a line cut short by a crash."""
+    try:
+        return json.loads(line)["epoch"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def _keep_records_through(metrics_path: Path, last_epoch: int) -> None:
+    """Drop metrics.jsonl lines after `last_epoch`: the resumed run writes those epochs again."""
+    if not metrics_path.is_file():
+        return
+    lines = metrics_path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if (epoch := _epoch_of(line)) and epoch <= last_epoch]
+    if kept != lines:
+        with atomic_file(metrics_path) as file:
+            file.write("".join(kept).encode("utf-8"))
+
+
+def _begin_epoch(run: Run) -> None:
+    """Move on to the next epoch and draw its batch order from the data_order generator."""
+    settings, examples = run.config.training, run.corpus.examples["train"]
+    batches = bucket_batches(
+        examples, settings.batch_size, settings.bucket_pool, run.data_order, settings.batch_tokens
+    )
+    epoch = run.progress.epoch + 1
+    if epoch == 1:
+        padding = padding_fraction(examples, batches)
+        log.info("batches per epoch: %d, padding %.1f%%", len(batches), 100 * padding)
+    run.progress = Progress(
+        epoch=epoch,
+        batches=batches[: settings.max_steps],
+        train_seconds_total=run.progress.train_seconds_total,
+        validated=False,
+    )
+
+
+def _train_step(run: Run, indices: list[int]) -> None:
+    """One update on one batch; the epoch's loss, tokens, time and step move on with it."""
+    settings, progress = run.config.training, run.progress
+    start = time.perf_counter()
+    loss_sum, smoothed_sum, n_tokens = batch_losses(
+        run.model,
+        run.corpus.examples["train"],
+        indices,
+        run.corpus.trg_vocab.pad_idx,
+        settings.teacher_forcing_ratio,
+        settings.label_smoothing,
+    )
+    loss = smoothed_sum / n_tokens
+    try:
+        optimizer_step(run.model, loss, run.optimizer, settings.clip, run.per_batch)
+    except NonFiniteLoss as error:
+        last = run.out_dir / "last.pt"
+        kept = f"{last} keeps the last good state" if last.is_file() else "no last.pt is saved yet"
+        raise NonFiniteLoss(
+            f"training stopped at epoch {progress.epoch}, step {progress.step + 1}: {error}; "
+            f"the weights were not updated and {kept}. Try a lower training.lr or training.clip"
+        ) from None
+    progress.step += 1
+    progress.epoch_loss_sum += loss_sum.item()
+    progress.epoch_tokens += n_tokens
+    progress.epoch_seconds += time.perf_counter() - start
+
+
+def _train_epoch(run: Run, stop: StopSignals) -> None:
+    """Train on the epoch's batches not yet done; last.pt every `save_every_steps` and on a stop."""
+    if run.progress.validated:
+        _begin_epoch(run)
+    progress, every = run.progress, run.config.training.save_every_steps
+    run.model.train()
+    remaining = progress.batches[progress.step :]
+    bar = tqdm(
+        remaining,
+        desc=f"epoch {progress.epoch}",
+        initial=progress.step,
+        total=len(progress.batches),
+        leave=False,
+        disable=None,
+    )
+    for indices in bar:
+        _train_step(run, indices)
+        bar.set_postfix(loss=f"{progress.epoch_loss_sum / progress.epoch_tokens:.3f}")
+        if stop.signal_number is not None or (every and progress.step % every == 0):
+            save_checkpoint(_resume_state(run), run.out_dir / "last.pt")
+        stop.raise_if_requested(run)
+
+
+def _epoch_record(run: Run) -> dict:
+    """The finished epoch's line of metrics.jsonl: training loss, validation scores, lr, time."""
+    progress = run.progress
+    train_loss = progress.epoch_loss_sum / progress.epoch_tokens
+    return {
+        "epoch": progress.epoch,
+        "train_loss": train_loss,
+        "train_ppl": perplexity(train_loss),
+        **evaluate_split(run.model, run.corpus, "valid", run.config),
+        "lr": run.optimizer.param_groups[0]["lr"],  # after the epoch's updates
+        "epoch_seconds": progress.epoch_seconds,
+        "train_seconds_total": progress.train_seconds_total,
+        "train_tokens_per_s": progress.epoch_tokens / progress.epoch_seconds,
+    }
+
+
+def _end_epoch(run: Run, stop: StopSignals) -> None:
+    """Validate, log, keep best.pt, step the plateau schedule, decide to stop; save last.pt."""
+    progress, settings, selection = run.progress, run.config.training, run.selection
+    progress.train_seconds_total += progress.epoch_seconds
+    record = _epoch_record(run)
+    _log_record(record, settings.epochs, run.out_dir / "metrics.jsonl")
+    is_best = selection.observe(record)
+    if run.per_epoch is not None:
+        run.per_epoch.step(record[selection.key])
+    progress.validated = True
+    progress.finished = progress.epoch >= settings.epochs or _stops_early(
+        selection, settings.patience, progress.epoch
+    )
+    state = _resume_state(run)
+    if is_best:  # best.pt before last.pt: a crash between them redoes this epoch's end
+        save_checkpoint({**state, selection.key: selection.best}, run.out_dir / "best.pt")
+    save_checkpoint(state, run.out_dir / "last.pt")
+    stop.raise_if_requested(run)
+
+
+def _writable_run_dir(out_dir: Path) -> None:
+    """Create `out_dir` and prove a file can be written there, before any time is spent."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as error:
+        raise EncdecError(f"run directory {out_dir} cannot be written: {error}") from None
+
+
+def train(
+    config: Config | None, out_dir: str | Path, quiet: bool = False, resume: bool = False
+) -> dict:
+    """Train the model `config` describes, or with `resume` go on from out_dir/last.pt.
+
+    Writes last.pt, best.pt, metrics.jsonl and train.log; returns the best model's test scores.
+    """
+    out_dir = Path(out_dir)
+    state = _load_last(out_dir) if resume else None
+    if config is None and state is None:
+        raise EncdecError("train needs a config, unless it resumes a run")
+    _writable_run_dir(out_dir)
+    _setup_logging(out_dir, quiet)
+    run = _new_run(config, out_dir) if state is None else _resumed_run(state, config, out_dir)
+    del state  # the saved tensors now live in the run
+    with _stop_signals() as stop:
+        while not run.progress.finished:
+            _train_epoch(run, stop)
+            _end_epoch(run, stop)
+    return _test_best(run.model, run.corpus, run.config, out_dir)

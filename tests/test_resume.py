@@ -1,0 +1,275 @@
+"""Tests for never losing a run: resume after a kill or a signal, NaN losses, unwritable folders."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from encdec import training
+from encdec.checkpoint import load_checkpoint, save_checkpoint
+from encdec.cli import main
+from encdec.config import from_dict
+from encdec.errors import EncdecError
+from encdec.training import train
+
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    # one layer: the embedding dropout is the one wanted, the recurrent one torch warns about is not
+    pytest.mark.filterwarnings("ignore:dropout option adds dropout"),
+]
+
+EPOCHS, BATCHES_PER_EPOCH = 3, 14  # 107 toy training pairs in batches of 8
+# dropout and teacher forcing below 1 make the run draw from the torch and Python RNGs
+RECIPE = {
+    "data": {"dataset": "toy", "src_lang": "en", "trg_lang": "es", "min_freq": 1},
+    "model": {"embedding_dim": 16, "hidden_dim": 32, "num_layers": 1, "dropout": 0.2},
+    "training": {
+        "epochs": EPOCHS,
+        "batch_size": 8,
+        "lr": 0.003,
+        "teacher_forcing_ratio": 0.5,
+        "lr_schedule": "warmup_decay",
+        "warmup_steps": 10,
+        "save_every_steps": 1,
+    },
+    "decoding": {"max_len": 8},
+}
+
+
+def recipe(**training_settings) -> dict:
+    return {**RECIPE, "training": RECIPE["training"] | training_settings}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, one_torch_thread) -> Path:
+    """The run directory of the recipe trained in one go, to compare resumed runs with."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    train(from_dict(RECIPE), run_dir, quiet=True)
+    return run_dir
+
+
+def assert_same_tensors(expected: object, actual: object, where: str = "") -> None:
+    """Every tensor in two nested checkpoint structures is bit for bit equal."""
+    if isinstance(expected, torch.Tensor):
+        assert torch.equal(expected, actual), f"{where} differs"
+    elif isinstance(expected, dict):
+        assert expected.keys() == actual.keys(), where
+        for key in expected:
+            assert_same_tensors(expected[key], actual[key], f"{where}.{key}")
+    elif isinstance(expected, list | tuple):
+        for index, (left, right) in enumerate(zip(expected, actual, strict=True)):
+            assert_same_tensors(left, right, f"{where}[{index}]")
+
+
+def assert_same_run(expected_dir: Path, actual_dir: Path) -> None:
+    """Same weights and optimizer state in best.pt and last.pt; the same epochs' losses logged."""
+    for name in ("best.pt", "last.pt"):
+        expected, actual = load_checkpoint(expected_dir / name), load_checkpoint(actual_dir / name)
+        assert (expected["epoch"], expected["step"]) == (actual["epoch"], actual["step"])
+        assert_same_tensors(expected["model"], actual["model"], f"{name} model")
+        assert_same_tensors(expected["optimizer"], actual["optimizer"], f"{name} optimizer")
+    keys = ("epoch", "train_loss", "valid_loss", "valid_bleu", "lr")
+    assert [[record[key] for key in keys] for record in read_records(actual_dir)] == [
+        [record[key] for key in keys] for record in read_records(expected_dir)
+    ]
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def encdec_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "encdec", *map(str, args)]
+
+
+def start_training(tmp_path: Path, raw_config: dict, run_dir: Path) -> subprocess.Popen:
+    """`encdec train` in a child process on one thread, like the in-process reference run."""
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(raw_config), encoding="utf-8")
+    command = encdec_command("train", "--config", config_path, "--out", run_dir, "--quiet")
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True)
+
+
+def resume(run_dir: Path) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = encdec_command("train", "--resume", run_dir, "--quiet")
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+
+
+def wait_until(condition, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Poll `condition` until it holds; fail if the child ends or time runs out first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"training ended (code {process.returncode}) before the test could stop it")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("training made no progress in time")
+        time.sleep(0.01)
+
+
+def saved_epoch(run_dir: Path) -> int:
+    """The epoch last.pt is in; 0 before the first save."""
+    try:
+        return load_checkpoint(run_dir / "last.pt")["epoch"]
+    except EncdecError:
+        return 0
+
+
+def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    process = start_training(tmp_path, RECIPE, run_dir)
+    wait_until(lambda: saved_epoch(run_dir) >= 2, process)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    killed_at = load_checkpoint(run_dir / "last.pt")
+    assert killed_at["epoch"] >= 2 and not killed_at["finished"]
+    resumed = resume(run_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(uninterrupted, run_dir)
+    assert "resuming from last.pt: epoch 2" in (run_dir / "train.log").read_text(encoding="utf-8")
+
+
+def test_sigterm_saves_last_pt_says_how_to_resume_and_exits_143(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    process = start_training(tmp_path, recipe(save_every_steps=None), run_dir)
+    log_path = run_dir / "train.log"
+    wait_until(
+        lambda: log_path.is_file() and "batches per epoch" in log_path.read_text("utf-8"),
+        process,
+    )
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert f"encdec train --resume {run_dir}" in stderr
+    stopped_at = load_checkpoint(run_dir / "last.pt")
+    assert stopped_at["epoch"] == 1 and not stopped_at["finished"]
+    resumed = resume(run_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(uninterrupted, run_dir)
+
+
+def crash_at_save(monkeypatch, name: str, epoch: int, validated: bool, before: bool) -> None:
+    """Make saving `name` at this point of the run die, just before or just after the write."""
+    real_save = training.save_checkpoint
+
+    def save_then_crash(state: dict, path: Path) -> None:
+        hit = Path(path).name == name and (state["epoch"], state["validated"]) == (
+            epoch,
+            validated,
+        )
+        if not (hit and before):
+            real_save(state, path)
+        if hit:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_crash)
+
+
+def test_resume_at_an_epoch_boundary_matches_uninterrupted(tmp_path, monkeypatch, uninterrupted):
+    crash_at_save(monkeypatch, "last.pt", epoch=1, validated=True, before=False)
+    with pytest.raises(KeyboardInterrupt, match="simulated crash"):
+        train(from_dict(RECIPE), tmp_path, quiet=True)
+    monkeypatch.undo()
+    assert [record["epoch"] for record in read_records(tmp_path)] == [1]
+    train(None, tmp_path, quiet=True, resume=True)
+    assert_same_run(uninterrupted, tmp_path)
+
+
+def test_crash_before_the_epoch_end_save_logs_each_epoch_once(tmp_path, monkeypatch, uninterrupted):
+    # metrics.jsonl has epoch 2's line, last.pt does not have epoch 2's end: it is done again
+    crash_at_save(monkeypatch, "last.pt", epoch=2, validated=True, before=True)
+    with pytest.raises(KeyboardInterrupt):
+        train(from_dict(RECIPE), tmp_path, quiet=True)
+    monkeypatch.undo()
+    assert [record["epoch"] for record in read_records(tmp_path)] == [1, 2]
+    train(None, tmp_path, quiet=True, resume=True)
+    assert [record["epoch"] for record in read_records(tmp_path)] == [1, 2, 3]
+    assert_same_run(uninterrupted, tmp_path)
+
+
+def test_resuming_a_finished_run_only_tests_it_and_accepts_moved_data(tmp_path, uninterrupted):
+    shutil.copy(uninterrupted / "last.pt", tmp_path / "last.pt")
+    shutil.copy(uninterrupted / "best.pt", tmp_path / "best.pt")
+    moved = from_dict(RECIPE)
+    moved.data.data_dir = str(tmp_path / "data moved here")
+    scores = train(moved, tmp_path, quiet=True, resume=True)
+    assert "test_bleu" in scores
+    assert not (tmp_path / "metrics.jsonl").exists()  # no epoch was trained again
+
+
+def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path, uninterrupted):
+    shutil.copy(uninterrupted / "last.pt", tmp_path / "last.pt")
+    changed = from_dict(recipe(lr=0.01))
+    with pytest.raises(EncdecError, match=r"training\.lr \(0\.003 in last\.pt, 0\.01 given\)"):
+        train(changed, tmp_path, quiet=True, resume=True)
+
+
+def test_resume_refuses_data_that_gives_other_vocabularies(tmp_path, uninterrupted):
+    state = load_checkpoint(uninterrupted / "last.pt")
+    state["src_vocab"] = [*state["src_vocab"][:-1], "a word the data no longer has"]
+    save_checkpoint(state, tmp_path / "last.pt")
+    with pytest.raises(EncdecError, match="other vocabularies"):
+        train(None, tmp_path, quiet=True, resume=True)
+
+
+def test_resume_without_last_pt_is_an_error(tmp_path):
+    with pytest.raises(EncdecError, match="cannot resume: .*last.pt does not exist"):
+        train(None, tmp_path, quiet=True, resume=True)
+
+
+def test_resume_with_set_but_no_config_is_refused(tmp_path, capsys):
+    argv = ["train", "--resume", str(tmp_path), "--set", "training.lr=0.1"]
+    assert main(argv) == 2
+    assert "--resume goes on with the config saved in last.pt" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch
+):
+    real_losses, training_batches = training.batch_losses, []
+
+    def poisoned_at_epoch_2_step_3(model, *args, **kwargs):
+        loss_sum, smoothed_sum, n_tokens = real_losses(model, *args, **kwargs)
+        training_batches.append(model.training)
+        if sum(training_batches) == BATCHES_PER_EPOCH + 3 and model.training:
+            smoothed_sum = smoothed_sum * float("nan")
+        return loss_sum, smoothed_sum, n_tokens
+
+    monkeypatch.setattr(training, "batch_losses", poisoned_at_epoch_2_step_3)
+    with pytest.raises(EncdecError, match="training stopped at epoch 2, step 3: the loss is nan"):
+        train(from_dict(RECIPE), tmp_path, quiet=True)
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert (last["epoch"], last["step"]) == (2, 2)
+    assert all(torch.isfinite(weights).all() for weights in last["model"].values())
+
+
+def test_unwritable_run_directory_fails_before_training(tmp_path, monkeypatch, capsys):
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(training, "build_corpus", no_training)
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    run_dir = blocker / "run"
+    with pytest.raises(EncdecError, match=f"run directory {run_dir} cannot be written"):
+        train(from_dict(RECIPE), run_dir, quiet=True)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(RECIPE), encoding="utf-8")
+    assert main(["train", "--config", str(config_path), "--out", str(run_dir)]) == 2
+    assert "cannot be written" in capsys.readouterr().err
+
+
+def test_save_every_steps_must_be_positive():
+    with pytest.raises(EncdecError, match="training.save_every_steps"):
+        from_dict(recipe(save_every_steps=0))
