@@ -1,9 +1,9 @@
-"""Tests for encdec.tokenize: spaCy blank tokenizers, characters, detokenization."""
+"""Tests for encdec.tokenize: spaCy blank tokenizers, characters, subwords, detokenization."""
 
 import pytest
 
 from encdec.errors import EncdecError
-from encdec.tokenize import Tokenizer
+from encdec.tokenize import Subwords, Tokenizer
 
 
 def test_english_contraction_splits_into_two_tokens():
@@ -85,3 +85,50 @@ def test_unknown_spacy_language_is_an_error():
 def test_unknown_tokenizer_kind_is_an_error():
     with pytest.raises(EncdecError, match="bpe"):
         Tokenizer("bpe", "en")
+
+
+TRAIN_WORDS = [
+    "a man walks a dog in the park .".split(),
+    "two men walk their dogs along the river .".split(),
+    "a woman is walking with a small dog .".split(),
+    "children walking in a park near the river .".split(),
+] * 5
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_subword_pieces_join_back_into_the_words(kind):
+    subwords = Subwords.learn(TRAIN_WORDS, kind, vocab_size=60)
+    sentences = [
+        ["a", "walking", "woman", "near", "the", "dogs"],
+        ["walked", "riverdogs"],
+    ]  # unseen words, seen letters
+    pieces = subwords.split(sentences)
+    assert [Subwords.join(sentence_pieces) for sentence_pieces in pieces] == sentences
+    assert sum(map(len, pieces)) > sum(map(len, sentences))  # some words were split
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_unseen_word_becomes_known_pieces_not_unk(kind):
+    subwords = Subwords.learn(TRAIN_WORDS, kind, vocab_size=60)
+    (pieces,) = subwords.split([["walkers"]])
+    assert "<unk>" not in pieces
+    assert len(pieces) > 1
+
+
+def test_subword_model_survives_serialization():
+    learnt = Subwords.learn(TRAIN_WORDS, "bpe", vocab_size=60)
+    restored = Subwords(learnt.serialized)
+    assert restored.split([["riverside", "walking"]]) == learnt.split([["riverside", "walking"]])
+
+
+def test_subword_tokenizer_detokenizes_pieces_to_text():
+    subwords = Subwords.learn(TRAIN_WORDS, "bpe", vocab_size=60)
+    tokenizer = Tokenizer("spacy", "en", lowercase=True, subwords=subwords)
+    tokens = tokenizer.tokenize_many(["A woman walks her dogs."])[0]
+    assert tokenizer.to_words(tokens) == ["a", "woman", "walks", "her", "dogs", "."]
+    assert tokenizer.detokenize(tokens) == "a woman walks her dogs."
+
+
+def test_unknown_subword_kind_is_an_error():
+    with pytest.raises(EncdecError, match="bpe"):
+        Subwords.learn(TRAIN_WORDS, "wordpiece", vocab_size=60)

@@ -1,11 +1,16 @@
 """Tests for encdec.translator on the demo's toy English->Spanish model (trained once)."""
 
+import copy
 import math
 
 import pytest
 
+from encdec.checkpoint import load_checkpoint
+from encdec.cli import DEMO_CONFIG
+from encdec.config import from_dict
 from encdec.data import toy_phrases
 from encdec.errors import EncdecError
+from encdec.training import train
 from encdec.translator import Translator
 from encdec.vocab import EOS, PAD, SOS
 
@@ -93,3 +98,15 @@ def test_unk_replace_without_attention_is_an_error(translator):
 def test_bad_decoding_option_names_the_field(translator):
     with pytest.raises(EncdecError, match="decoding.beam_size"):
         translator.translate(["let's go"], beam_size=0)
+
+
+def test_subword_model_translates_from_its_checkpoint_alone(tmp_path):
+    raw = copy.deepcopy(DEMO_CONFIG)
+    raw["data"] |= {"subwords": "bpe", "subword_vocab_size": 150}
+    train(from_dict(raw), tmp_path, quiet=True)
+    state = load_checkpoint(tmp_path / "best.pt")
+    assert state["src_subwords"] and state["trg_subwords"]
+    translator = Translator.load(tmp_path / "best.pt")
+    (best,) = translator.translations(["let's go"])[0]
+    assert best.text == "vamos"
+    assert translator.trg_tokenizer.to_words(best.tokens) == ["vamos"]

@@ -135,3 +135,26 @@ def test_multi30k_vocab_is_built_from_training_only(multi30k_corpus, side, lang)
     ]
     assert test_only
     assert not any(token in vocab.stoi for token in test_only)
+
+
+def test_subword_corpus_learns_pieces_from_training_split_only(tmp_path):
+    train = ["the dog runs", "the dogs run fast", "a dog is running", "running dogs"] * 3
+    test = ["zebras gallop"]  # letters z, b, g, p never occur in training
+    for split, lines in (("train", train), ("valid", train[:2]), ("test", test)):
+        (tmp_path / f"{split}.tsv").write_text(
+            "".join(f"{line}\t{line}\n" for line in lines), encoding="utf-8"
+        )
+    config = DataConfig(
+        dataset="files",
+        src_lang="en",
+        trg_lang="de",
+        **{f"{split}_tsv": str(tmp_path / f"{split}.tsv") for split in ("train", "valid", "test")},
+        subwords="bpe",
+        subword_vocab_size=40,
+        min_freq=1,
+    )
+    corpus = build_corpus(config)
+    assert not {"z", "b", "g", "p"} & {piece.strip("\u2581") for piece in corpus.src_vocab.itos}
+    src_ids, _ = corpus.examples["train"][0]
+    pieces = corpus.src_vocab.decode(src_ids)
+    assert corpus.src_tokenizer.to_words(pieces[::-1]) == ["the", "dog", "runs"]  # reversed

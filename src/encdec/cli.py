@@ -286,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--int8", action="store_true", help="quantize the model to int8 first (faster on CPU)"
     )
 
-    evaluate_parser = verb("evaluate", "loss, perplexity, BLEU and chrF of a checkpoint", cmd_evaluate)
+    evaluate_parser = verb(
+        "evaluate", "loss, perplexity, BLEU and chrF of a checkpoint", cmd_evaluate
+    )
     evaluate_parser.add_argument("checkpoint", help="a best.pt written by encdec train")
     evaluate_parser.add_argument("--split", default="test", choices=data.SPLITS)
     evaluate_parser.add_argument("--data-dir", help="Multi30k folder (default: as trained)")

@@ -30,6 +30,8 @@ class DataConfig:
     valid_tsv: str | None = None
     test_tsv: str | None = None
     tokenizer: str = "spacy"  # spacy | char
+    subwords: str = "none"  # none | bpe | unigram: split words into pieces learnt on train
+    subword_vocab_size: int = 8000  # most pieces per side's subword model
     lowercase: bool = True
     reverse_src: bool = True  # Sutskever et al. (2014): feed the source backwards
     min_freq: int = 2
@@ -96,6 +98,7 @@ class Config:
 CHOICES = {
     ("data", "dataset"): ("multi30k", "files", "toy"),
     ("data", "tokenizer"): ("spacy", "char"),
+    ("data", "subwords"): ("none", "bpe", "unigram"),
     ("model", "cell"): ("lstm", "gru"),
     ("model", "attention"): ("none", "dot", "general", "additive"),
     ("training", "lr_schedule"): ("none", "plateau", "warmup_decay"),
@@ -103,6 +106,7 @@ CHOICES = {
 }
 POSITIVE = {
     ("data", "min_freq"),
+    ("data", "subword_vocab_size"),
     ("data", "max_len"),
     ("model", "embedding_dim"),
     ("model", "hidden_dim"),

@@ -8,7 +8,7 @@ from encdec import data
 from encdec.batching import Example, numericalize
 from encdec.config import DataConfig
 from encdec.errors import EncdecError
-from encdec.tokenize import Tokenizer
+from encdec.tokenize import Subwords, Tokenizer
 from encdec.vocab import Vocab
 
 
@@ -19,13 +19,17 @@ class Corpus:
     src_vocab: Vocab
     trg_vocab: Vocab
     skipped: dict[str, int]  # training pairs left out, by reason
+    src_tokenizer: Tokenizer
+    trg_tokenizer: Tokenizer
 
 
-def tokenizers(config: DataConfig) -> tuple[Tokenizer, Tokenizer]:
-    """The source and target tokenizers a data config asks for."""
+def tokenizers(
+    config: DataConfig, subwords: tuple[Subwords | None, Subwords | None] = (None, None)
+) -> tuple[Tokenizer, Tokenizer]:
+    """The source and target tokenizers a data config asks for, with learnt subwords if any."""
     return (
-        Tokenizer(config.tokenizer, config.src_lang, config.lowercase),
-        Tokenizer(config.tokenizer, config.trg_lang, config.lowercase),
+        Tokenizer(config.tokenizer, config.src_lang, config.lowercase, subwords[0]),
+        Tokenizer(config.tokenizer, config.trg_lang, config.lowercase, subwords[1]),
     )
 
 
@@ -66,12 +70,12 @@ def _keep_for_training(
 def build_corpus(config: DataConfig) -> Corpus:
     """Read and tokenize every split, build the vocabularies from the training split only."""
     pairs = read_splits(config)
-    src_tokenizer, trg_tokenizer = tokenizers(config)
+    src_words, trg_words = tokenizers(config)
     tokens = {
         split: list(
             zip(
-                src_tokenizer.tokenize_many(s for s, _ in split_pairs),
-                trg_tokenizer.tokenize_many(t for _, t in split_pairs),
+                src_words.words_many(s for s, _ in split_pairs),
+                trg_words.words_many(t for _, t in split_pairs),
             )
         )
         for split, split_pairs in pairs.items()
@@ -86,6 +90,17 @@ def build_corpus(config: DataConfig) -> Corpus:
         raise EncdecError("no training pair is left after dropping empty and over-long ones")
     pairs["train"] = [pairs["train"][i] for i in kept]
     tokens["train"] = [tokens["train"][i] for i in kept]
+    src_tokenizer, trg_tokenizer = tokenizers(config, _learn_subwords(config, tokens["train"]))
+    if config.subwords != "none":
+        tokens = {
+            split: list(
+                zip(
+                    src_tokenizer.subwords.split([s for s, _ in token_pairs]),
+                    trg_tokenizer.subwords.split([t for _, t in token_pairs]),
+                )
+            )
+            for split, token_pairs in tokens.items()
+        }
     src_vocab = Vocab.build((s for s, _ in tokens["train"]), config.min_freq)
     trg_vocab = Vocab.build((t for _, t in tokens["train"]), config.min_freq)
     examples = {
@@ -94,4 +109,18 @@ def build_corpus(config: DataConfig) -> Corpus:
         ]
         for split, token_pairs in tokens.items()
     }
-    return Corpus(pairs, examples, src_vocab, trg_vocab, skipped)
+    return Corpus(pairs, examples, src_vocab, trg_vocab, skipped, src_tokenizer, trg_tokenizer)
+
+
+def _learn_subwords(
+    config: DataConfig, train_words: list[tuple[list[str], list[str]]]
+) -> tuple[Subwords | None, Subwords | None]:
+    """Source and target subword models learnt on the training split (None, None without)."""
+    if config.subwords == "none":
+        return None, None
+    return tuple(
+        Subwords.learn(
+            (pair[side] for pair in train_words), config.subwords, config.subword_vocab_size
+        )
+        for side in (0, 1)
+    )

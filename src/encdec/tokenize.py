@@ -1,4 +1,4 @@
-"""Tokenizers (spaCy blank pipelines, characters) and their inverse, detokenization."""
+"""Tokenizers (spaCy blank pipelines, characters, subwords) and their inverse, detokenization."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from functools import cache
 
 import spacy
+import tokenizers
 from sacremoses import MosesDetokenizer
 
 from encdec.errors import EncdecError
@@ -20,19 +21,75 @@ def _spacy_tokenizer(lang: str):
         raise EncdecError(f"spaCy has no tokenizer for language '{lang}': {error}") from None
 
 
+WORD_START = "\u2581"  # "▁" marks a subword that begins a word, as in SentencePiece
+
+
+class Subwords:
+    """A subword model (BPE or unigram, from Hugging Face `tokenizers`) learnt on training text.
+
+    It splits each word into pieces, the first marked with WORD_START, so `join` can glue the
+    pieces back into the words they came from.
+    """
+
+    def __init__(self, serialized: str):
+        self.serialized = serialized  # JSON: what checkpoints store
+        self.model = tokenizers.Tokenizer.from_str(serialized)
+
+    @classmethod
+    def learn(cls, token_lists: Iterable[list[str]], kind: str, vocab_size: int) -> Subwords:
+        """Learn `kind` ('bpe' or 'unigram') subwords of at most `vocab_size` pieces."""
+        if kind == "bpe":
+            model = tokenizers.models.BPE(unk_token="<unk>")
+            trainer = tokenizers.trainers.BpeTrainer(
+                vocab_size=vocab_size, special_tokens=["<unk>"], show_progress=False
+            )
+        elif kind == "unigram":
+            model = tokenizers.models.Unigram()
+            trainer = tokenizers.trainers.UnigramTrainer(
+                vocab_size=vocab_size,
+                special_tokens=["<unk>"],
+                unk_token="<unk>",
+                show_progress=False,
+            )
+        else:
+            raise EncdecError(f"unknown subword kind '{kind}': use 'bpe' or 'unigram'")
+        subword_tokenizer = tokenizers.Tokenizer(model)
+        subword_tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace(WORD_START)
+        texts = (" ".join(tokens) for tokens in token_lists)
+        subword_tokenizer.train_from_iterator(texts, trainer)
+        return cls(subword_tokenizer.to_str())
+
+    def split(self, token_lists: list[list[str]]) -> list[list[str]]:
+        """Each word list as a list of pieces."""
+        encodings = self.model.encode_batch([" ".join(tokens) for tokens in token_lists])
+        return [encoding.tokens for encoding in encodings]
+
+    @staticmethod
+    def join(pieces: list[str]) -> list[str]:
+        """Glue pieces back into words (the inverse of `split`)."""
+        return "".join(pieces).replace(WORD_START, " ").split()
+
+
 class Tokenizer:
     """Turns sentences into token lists and back, for one language."""
 
-    def __init__(self, kind: str, lang: str, lowercase: bool = True):
+    def __init__(
+        self, kind: str, lang: str, lowercase: bool = True, subwords: Subwords | None = None
+    ):
         if kind not in ("spacy", "char"):
             raise EncdecError(f"unknown tokenizer '{kind}': use 'spacy' or 'char'")
-        self.kind, self.lang, self.lowercase = kind, lang, lowercase
+        self.kind, self.lang, self.lowercase, self.subwords = kind, lang, lowercase, subwords
 
     def __call__(self, sentence: str) -> list[str]:
         return self.tokenize_many([sentence])[0]
 
     def tokenize_many(self, sentences: Iterable[str]) -> list[list[str]]:
-        """Tokenize many sentences at once (spaCy's pipe is faster than one call each)."""
+        """The tokens the model reads or writes: words (or characters), or their subwords."""
+        words = self.words_many(sentences)
+        return self.subwords.split(words) if self.subwords is not None else words
+
+    def words_many(self, sentences: Iterable[str]) -> list[list[str]]:
+        """Words of many sentences at once (spaCy's pipe is faster than one call each)."""
         if self.kind == "char":
             token_lists = [list(sentence) for sentence in sentences]
         else:
@@ -44,11 +101,17 @@ class Tokenizer:
             token_lists = [[token.lower() for token in tokens] for tokens in token_lists]
         return token_lists
 
+    def to_words(self, tokens: list[str]) -> list[str]:
+        """Model tokens back to words: subwords are glued, words stay as they are."""
+        return self.subwords.join(tokens) if self.subwords is not None else tokens
+
     def detokenize(self, tokens: list[str]) -> str:
         """Join tokens into text: characters are concatenated, words follow Moses' spacing rules."""
         if self.kind == "char":
             return "".join(tokens)
-        words = [token for token in tokens if token.strip()]  # spaCy keeps runs of spaces as tokens
+        words = [
+            token for token in self.to_words(tokens) if token.strip()
+        ]  # spaCy keeps runs of spaces as tokens
         return _moses_detokenizer(self.lang).detokenize(words)
 
 

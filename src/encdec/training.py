@@ -44,11 +44,12 @@ from encdec.checkpoint import (
     save_checkpoint,
 )
 from encdec.config import Config, TrainingConfig, from_dict
-from encdec.corpus import Corpus, build_corpus, tokenizers
+from encdec.corpus import Corpus, build_corpus
 from encdec.errors import EncdecError
 from encdec.metrics import bleu, chrf, perplexity
 from encdec.model import Seq2Seq, build_model, count_parameters
 from encdec.search import decode_examples
+from encdec.tokenize import Tokenizer
 
 log = logging.getLogger("encdec")
 
@@ -208,8 +209,14 @@ def checkpoint_state(model: Seq2Seq, corpus: Corpus, config: Config, **extra) ->
         "config": config.to_dict(),
         "src_vocab": corpus.src_vocab.itos,
         "trg_vocab": corpus.trg_vocab.itos,
+        "src_subwords": _serialized_subwords(corpus.src_tokenizer),
+        "trg_subwords": _serialized_subwords(corpus.trg_tokenizer),
         **extra,
     }
+
+
+def _serialized_subwords(tokenizer: Tokenizer) -> str | None:
+    return tokenizer.subwords.serialized if tokenizer.subwords is not None else None
 
 
 def _setup_logging(out_dir: Path, quiet: bool) -> None:
@@ -226,9 +233,9 @@ def corpus_scores(model: Seq2Seq, corpus: Corpus, split: str, config: Config) ->
     """sacreBLEU's BLEU and chrF of greedy translations of one split against its raw references."""
     greedy = dataclasses.replace(config.decoding, beam_size=1, temperature=0.0)
     hypotheses = decode_examples(model, corpus.examples[split], corpus.trg_vocab, greedy)
-    _, trg_tokenizer = tokenizers(config.data)
     hypotheses = [
-        trg_tokenizer.detokenize(corpus.trg_vocab.decode(best.ids)) for best, *_ in hypotheses
+        corpus.trg_tokenizer.detokenize(corpus.trg_vocab.decode(best.ids))
+        for best, *_ in hypotheses
     ]
     references = [reference for _, reference in corpus.pairs[split]]
     return {"bleu": bleu(hypotheses, references), "chrf": chrf(hypotheses, references)}

@@ -18,6 +18,7 @@ from encdec.errors import EncdecError
 from encdec.metrics import bleu, bleu_tok, chrf, perplexity
 from encdec.model import Seq2Seq, build_model
 from encdec.search import Hypothesis, decode_examples
+from encdec.tokenize import Subwords
 from encdec.training import run_epoch
 from encdec.vocab import EOS, SOS, UNK, Vocab
 
@@ -58,10 +59,17 @@ def _replace_unknowns(
 class Translator:
     """Everything needed to translate: the model, its config, vocabularies and tokenizers."""
 
-    def __init__(self, model: Seq2Seq, config: Config, src_vocab: Vocab, trg_vocab: Vocab):
+    def __init__(
+        self,
+        model: Seq2Seq,
+        config: Config,
+        src_vocab: Vocab,
+        trg_vocab: Vocab,
+        subwords: tuple[Subwords | None, Subwords | None] = (None, None),
+    ):
         self.model, self.config = model.eval(), config
         self.src_vocab, self.trg_vocab = src_vocab, trg_vocab
-        self.src_tokenizer, self.trg_tokenizer = tokenizers(config.data)
+        self.src_tokenizer, self.trg_tokenizer = tokenizers(config.data, subwords)
 
     @classmethod
     def load(cls, path: str | Path, int8: bool = False) -> Translator:
@@ -71,7 +79,12 @@ class Translator:
         src_vocab, trg_vocab = Vocab(state["src_vocab"]), Vocab(state["trg_vocab"])
         model = build_model(config.model, len(src_vocab), len(trg_vocab))
         model.load_state_dict(state["model"])
-        return cls(quantize_int8(model) if int8 else model, config, src_vocab, trg_vocab)
+        subwords = tuple(
+            Subwords(state[key]) if state.get(key) else None
+            for key in ("src_subwords", "trg_subwords")
+        )
+        model = quantize_int8(model) if int8 else model
+        return cls(model, config, src_vocab, trg_vocab, subwords)
 
     def translations(
         self,
@@ -146,12 +159,13 @@ class Translator:
         batches = evaluation_batches(examples, self.config.training.batch_size)
         loss = run_epoch(self.model, examples, batches, self.trg_vocab.pad_idx, 0.0).loss
         best = [translations[0] for translations in self.translations(sources, **options)]
-        hypothesis_tokens = [translation.tokens for translation in best]
+        hypothesis_words = [self.trg_tokenizer.to_words(translation.tokens) for translation in best]
+        reference_words = [self.trg_tokenizer.to_words(tokens) for tokens in reference_tokens]
         hypotheses = [translation.text for translation in best]
         return {
             "loss": loss,
             "ppl": perplexity(loss),
             "bleu": bleu(hypotheses, references),
-            "bleu_tok": bleu_tok(hypothesis_tokens, reference_tokens),
+            "bleu_tok": bleu_tok(hypothesis_words, reference_words),
             "chrf": chrf(hypotheses, references),
         }
