@@ -18,7 +18,7 @@ from encdec.errors import EncdecError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEED_CONFIG = REPO_ROOT / "configs" / "multi30k_seed.yaml"
-VERBS = ["train", "translate", "evaluate", "data-stats", "demo", "download"]
+VERBS = ["train", "translate", "evaluate", "data-stats", "demo", "download", "plot"]
 GERMAN = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee."]
 
 
