@@ -1,4 +1,5 @@
-"""Tests for encdec.data: line reading, parallel and TSV files, Multi30k, toy phrases."""
+"""Tests for encdec.data and encdec.corpus: line reading, parallel and TSV files, Multi30k, toy
+phrases, and the training split's filters (empty pairs, data.max_len, data.long_pairs)."""
 
 import gzip
 import hashlib
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from encdec.config import DataConfig, from_dict
+from encdec.corpus import build_corpus
 from encdec.data import (
     MULTI30K_LANGS,
     MULTI30K_SHA256,
@@ -22,9 +25,11 @@ from encdec.data import (
     read_lines,
     read_parallel,
     read_tsv,
+    split_lines,
     toy_phrases,
 )
 from encdec.errors import EncdecError
+from encdec.training import train
 
 # Port 9 (discard) refuses connections, so a test that wrongly downloads fails fast, offline.
 NO_NETWORK_URL = "http://127.0.0.1:9/"
@@ -103,6 +108,11 @@ def test_read_lines_removes_only_line_endings(tmp_path, content, expected):
     path = tmp_path / "text.txt"
     path.write_bytes(content)
     assert read_lines(path) == expected
+
+
+def test_split_lines_splits_at_newlines_only():
+    text = "a\u2028b\rc\x85d\x0be\r\nf\n"
+    assert split_lines(text) == ["a\u2028b\rc\x85d\x0be", "f"]
 
 
 def test_gzipped_file_reads_like_plain_file(tmp_path):
@@ -331,3 +341,86 @@ def test_toy_valid_and_test_are_a_handful_copied_from_train():
     assert toy["valid"] == toy["test"]
     assert 5 <= len(toy["valid"]) <= 15
     assert set(toy["valid"]) <= set(toy["train"])
+
+
+# --- the training split: empty pairs, data.max_len, data.long_pairs ------------------------------
+
+LONG_PAIR = ("one two three four five", "uno dos tres cuatro cinco")
+SHORT_PAIRS = [("good morning", "buenos días"), ("thank you", "gracias"), ("i eat", "yo como")]
+
+
+def tsv_corpus_config(tmp_path: Path, pairs: list[tuple[str, str]], **data) -> DataConfig:
+    """A files config whose three splits are one TSV of `pairs`."""
+    path = tmp_path / "pairs.tsv"
+    path.write_text("".join(f"{src}\t{trg}\n" for src, trg in pairs), encoding="utf-8")
+    splits = {f"{split}_tsv": str(path) for split in SPLITS}
+    return DataConfig(dataset="files", src_lang="en", trg_lang="es", min_freq=1, **splits, **data)
+
+
+def train_tokens(corpus, side: int) -> list[list[str]]:
+    """The training split's tokens of one side (0 source, 1 target) in reading order."""
+    vocab = (corpus.src_vocab, corpus.trg_vocab)[side]
+    token_lists = [vocab.decode(example[side]) for example in corpus.examples["train"]]
+    return [tokens[::-1] for tokens in token_lists] if side == 0 else token_lists
+
+
+def test_empty_and_blank_pairs_are_skipped_and_counted(tmp_path):
+    pairs = [*SHORT_PAIRS, ("", "algo"), ("   ", "algo"), ("something", "   ")]
+    corpus = build_corpus(tsv_corpus_config(tmp_path, pairs))
+    assert corpus.skipped == {"empty": 3}
+    assert corpus.pairs["train"] == SHORT_PAIRS
+
+
+def test_long_pairs_drop_leaves_out_pairs_over_max_len_and_counts_them(tmp_path):
+    corpus = build_corpus(tsv_corpus_config(tmp_path, [*SHORT_PAIRS, LONG_PAIR], max_len=3))
+    assert corpus.skipped == {"longer than max_len": 1}
+    assert corpus.truncated == 0
+    assert corpus.pairs["train"] == SHORT_PAIRS
+
+
+def test_long_pairs_truncate_cuts_each_side_to_max_len_and_counts_them(tmp_path):
+    config = tsv_corpus_config(
+        tmp_path, [*SHORT_PAIRS, LONG_PAIR], max_len=3, long_pairs="truncate"
+    )
+    corpus = build_corpus(config)
+    assert (corpus.skipped, corpus.truncated) == ({}, 1)
+    assert train_tokens(corpus, 0)[-1] == ["one", "two", "three"]
+    assert train_tokens(corpus, 1)[-1] == ["uno", "dos", "tres"]
+    src_ids, trg_ids = corpus.examples["train"][-1]
+    assert len(src_ids) == len(trg_ids) == 3 + 2  # <sos> and <eos> around the cut sentence
+    assert corpus.examples["valid"][-1][0][1:-1] != src_ids[1:-1]  # other splits stay whole
+
+
+def test_long_pairs_must_be_drop_or_truncate():
+    with pytest.raises(EncdecError, match="data.long_pairs"):
+        from_dict({"data": {"long_pairs": "cut"}})
+
+
+def test_no_training_pair_left_names_the_reasons_and_the_remedies(tmp_path):
+    config = tsv_corpus_config(tmp_path, [LONG_PAIR, ("", "algo")], max_len=3)
+    with pytest.raises(EncdecError, match="all 2 were left out .*1 empty.*long_pairs: truncate"):
+        build_corpus(config)
+
+
+@pytest.mark.parametrize(
+    ("long_pairs", "log_lines"),
+    [
+        ("drop", ["skipped training pairs: {'empty': 1, 'longer than max_len': 1}"]),
+        ("truncate", ["skipped training pairs: {'empty': 1}", "training pairs cut to max_len: 1"]),
+    ],
+)
+def test_training_log_reports_pairs_skipped_or_cut(
+    tmp_path, one_torch_thread, long_pairs, log_lines
+):
+    data = tsv_corpus_config(
+        tmp_path, [*SHORT_PAIRS, ("", "algo"), LONG_PAIR], max_len=3, long_pairs=long_pairs
+    )
+    tiny = {"embedding_dim": 4, "hidden_dim": 4, "num_layers": 1, "dropout": 0.0}
+    config = from_dict(
+        {"model": tiny, "training": {"epochs": 1, "batch_size": 8}, "decoding": {"max_len": 3}}
+    )
+    config.data = data
+    train(config, tmp_path / "run", quiet=True)
+    log_text = (tmp_path / "run" / "train.log").read_text(encoding="utf-8")
+    assert all(line in log_text for line in log_lines)
+    assert ("cut to max_len" in log_text) == (long_pairs == "truncate")

@@ -2,12 +2,14 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from encdec.checkpoint import load_checkpoint, save_checkpoint
 from encdec.cli import main
 from encdec.config import from_dict
 from encdec.errors import EncdecError
+from encdec.model import build_model, count_parameters
 from encdec.training import train
 
 pytestmark = [
@@ -268,6 +271,32 @@ def test_unwritable_run_directory_fails_before_training(tmp_path, monkeypatch, c
     config_path.write_text(yaml.safe_dump(RECIPE), encoding="utf-8")
     assert main(["train", "--config", str(config_path), "--out", str(run_dir)]) == 2
     assert "cannot be written" in capsys.readouterr().err
+
+
+def free_disk_space(monkeypatch, free_bytes: int) -> None:
+    """Make every folder report `free_bytes` free."""
+    usage = SimpleNamespace(total=10 * free_bytes + 1, used=0, free=free_bytes)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage)
+
+
+def test_too_little_disk_space_fails_before_training_naming_folder_and_sizes(tmp_path, monkeypatch):
+    free_disk_space(monkeypatch, 100_000)
+    run_dir = tmp_path / "run"
+    with pytest.raises(
+        EncdecError, match=rf"{re.escape(str(run_dir))} has 0.1 MB free but .* need about [\d.]+ MB"
+    ):
+        train(from_dict(recipe(epochs=1)), run_dir, quiet=True)
+    assert not (run_dir / "last.pt").exists()
+
+
+def test_free_space_needed_is_three_checkpoints_of_weights_and_adam_moments(tmp_path, monkeypatch):
+    model = build_model(from_dict(RECIPE).model, 20, 30)
+    needed = 3 * count_parameters(model) * 4 * 3  # 3 checkpoints, 3 float32 tensors a weight
+    free_disk_space(monkeypatch, needed)
+    training._free_space_for_checkpoints(tmp_path, model)
+    free_disk_space(monkeypatch, needed - 1)
+    with pytest.raises(EncdecError, match=re.escape(str(tmp_path))):
+        training._free_space_for_checkpoints(tmp_path, model)
 
 
 def test_save_every_steps_must_be_positive():

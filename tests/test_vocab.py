@@ -158,3 +158,33 @@ def test_subword_corpus_learns_pieces_from_training_split_only(tmp_path):
     src_ids, _ = corpus.examples["train"][0]
     pieces = corpus.src_vocab.decode(src_ids)
     assert corpus.src_tokenizer.to_words(pieces[::-1]) == ["the", "dog", "runs"]  # reversed
+
+
+def tsv_config(tmp_path, lines: list[str], **data) -> DataConfig:
+    """A files config whose three splits are one TSV of these 'source<TAB>target' lines."""
+    path = tmp_path / "pairs.tsv"
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    splits = {f"{split}_tsv": str(path) for split in ("train", "valid", "test")}
+    return DataConfig(dataset="files", src_lang="en", trg_lang="es", **splits, **data)
+
+
+@pytest.mark.parametrize(
+    ("lines", "side"),
+    [
+        (["a dog\tun perro", "the cat\tun gato", "my bird\tun pájaro"], "source"),
+        (["a dog\tun perro", "a cat\tel gato", "a bird\tmi pájaro"], "target"),
+    ],
+)
+def test_min_freq_above_every_count_names_the_side_and_min_freq(tmp_path, lines, side):
+    # the other side has one word seen 3 times; no word on `side` is seen more than once
+    with pytest.raises(
+        EncdecError, match=rf"{side} vocabulary.*min_freq=3.*most frequent occurs 1\); lower"
+    ):
+        build_corpus(tsv_config(tmp_path, lines, min_freq=3))
+
+
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_empty_training_side_names_the_side(tmp_path, side):
+    lines = ["\tun perro", " \tun gato"] if side == "source" else ["a dog\t", "a cat\t  "]
+    with pytest.raises(EncdecError, match=f"every {side} sentence of the training split is empty"):
+        build_corpus(tsv_config(tmp_path, lines, min_freq=1))

@@ -94,7 +94,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
     from encdec.translator import Translator
 
     translator = Translator.load(args.checkpoint, int8=args.int8)
-    source = data.read_lines(args.input) if args.input else sys.stdin.read().splitlines()
+    source = data.read_lines(args.input) if args.input else data.split_lines(sys.stdin.read())
     translations = translator.translate(source, seed=args.seed, **_decoding_options(args))
     text = "".join(line + "\n" for line in translations)
     if args.output:

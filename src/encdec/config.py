@@ -36,6 +36,7 @@ class DataConfig:
     reverse_src: bool = True  # Sutskever et al. (2014): feed the source backwards
     min_freq: int = 2
     max_len: int | None = None  # longest sentence in tokens kept for training; None keeps all
+    long_pairs: str = "drop"  # drop | truncate: what max_len does to a longer training pair
 
 
 @dataclass
@@ -99,6 +100,7 @@ CHOICES = {
     ("data", "dataset"): ("multi30k", "files", "toy"),
     ("data", "tokenizer"): ("spacy", "char"),
     ("data", "subwords"): ("none", "bpe", "unigram"),
+    ("data", "long_pairs"): ("drop", "truncate"),
     ("model", "cell"): ("lstm", "gru"),
     ("model", "attention"): ("none", "dot", "general", "additive"),
     ("training", "lr_schedule"): ("none", "plateau", "warmup_decay"),

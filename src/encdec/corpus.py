@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from encdec import data
@@ -9,7 +10,9 @@ from encdec.batching import Example, numericalize
 from encdec.config import DataConfig
 from encdec.errors import EncdecError
 from encdec.tokenize import Subwords, Tokenizer
-from encdec.vocab import Vocab
+from encdec.vocab import SPECIALS, Vocab
+
+TokenPair = tuple[list[str], list[str]]  # (source tokens, target tokens)
 
 
 @dataclass
@@ -21,6 +24,7 @@ class Corpus:
     skipped: dict[str, int]  # training pairs left out, by reason
     src_tokenizer: Tokenizer
     trg_tokenizer: Tokenizer
+    truncated: int = 0  # training pairs cut to data.max_len tokens (data.long_pairs: truncate)
 
 
 def tokenizers(
@@ -55,6 +59,14 @@ def read_splits(config: DataConfig) -> dict[str, list[data.Pair]]:
     return splits
 
 
+def _truncate(token_pairs: list[TokenPair], max_len: int | None) -> tuple[list[TokenPair], int]:
+    """Each side cut to its first `max_len` tokens, and how many pairs were cut."""
+    if max_len is None:
+        return token_pairs, 0
+    cut = sum(max(len(src), len(trg)) > max_len for src, trg in token_pairs)
+    return [(src[:max_len], trg[:max_len]) for src, trg in token_pairs], cut
+
+
 def _keep_for_training(
     src: list[str], trg: list[str], max_len: int | None, skipped: dict[str, int]
 ) -> bool:
@@ -65,6 +77,51 @@ def _keep_for_training(
         skipped["longer than max_len"] = skipped.get("longer than max_len", 0) + 1
         return False
     return True
+
+
+def _check_no_side_is_empty(tokens: list[TokenPair]) -> None:
+    """Name the side when every training sentence on it is empty or blank."""
+    for index, side in enumerate(("source", "target")):
+        if not any(token.strip() for pair in tokens for token in pair[index]):
+            raise EncdecError(
+                f"every {side} sentence of the training split is empty: check the training "
+                f"data's {side} file (data.train_{'src' if index == 0 else 'trg'}) or column"
+            )
+
+
+def _select_training(
+    pairs: list[data.Pair], tokens: list[TokenPair], config: DataConfig
+) -> tuple[list[data.Pair], list[TokenPair], dict[str, int], int]:
+    """The training pairs kept, their tokens, the pairs left out by reason and the count cut."""
+    _check_no_side_is_empty(tokens)
+    truncated = 0
+    if config.long_pairs == "truncate":
+        tokens, truncated = _truncate(tokens, config.max_len)
+    skipped: dict[str, int] = {}
+    kept = [
+        i for i, (s, t) in enumerate(tokens) if _keep_for_training(s, t, config.max_len, skipped)
+    ]
+    if not kept:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in skipped.items())
+        raise EncdecError(
+            f"no training pair is left: all {len(tokens)} were left out ({reasons}); give "
+            "sentences on both sides, raise data.max_len or set data.long_pairs: truncate"
+        )
+    return [pairs[i] for i in kept], [tokens[i] for i in kept], skipped, truncated
+
+
+def _build_vocab(token_lists: list[list[str]], min_freq: int, side: str) -> Vocab:
+    """A side's vocabulary; an error if every token in it would be <unk>."""
+    vocab = Vocab.build(token_lists, min_freq)
+    if len(vocab) == len(SPECIALS):
+        counts = Counter(token for tokens in token_lists for token in tokens)
+        most = max(counts.values(), default=0)
+        raise EncdecError(
+            f"the {side} vocabulary would hold only specials, so every {side} word would be "
+            f"<unk>: no {side} token of the training split occurs data.min_freq={min_freq} "
+            f"times (the most frequent occurs {most}); lower data.min_freq or add training data"
+        )
+    return vocab
 
 
 def build_corpus(config: DataConfig) -> Corpus:
@@ -80,16 +137,9 @@ def build_corpus(config: DataConfig) -> Corpus:
         )
         for split, split_pairs in pairs.items()
     }
-    skipped: dict[str, int] = {}
-    kept = [
-        i
-        for i, (s, t) in enumerate(tokens["train"])
-        if _keep_for_training(s, t, config.max_len, skipped)
-    ]
-    if not kept:
-        raise EncdecError("no training pair is left after dropping empty and over-long ones")
-    pairs["train"] = [pairs["train"][i] for i in kept]
-    tokens["train"] = [tokens["train"][i] for i in kept]
+    pairs["train"], tokens["train"], skipped, truncated = _select_training(
+        pairs["train"], tokens["train"], config
+    )
     src_tokenizer, trg_tokenizer = tokenizers(config, _learn_subwords(config, tokens["train"]))
     if config.subwords != "none":
         tokens = {
@@ -101,15 +151,17 @@ def build_corpus(config: DataConfig) -> Corpus:
             )
             for split, token_pairs in tokens.items()
         }
-    src_vocab = Vocab.build((s for s, _ in tokens["train"]), config.min_freq)
-    trg_vocab = Vocab.build((t for _, t in tokens["train"]), config.min_freq)
+    src_vocab = _build_vocab([s for s, _ in tokens["train"]], config.min_freq, "source")
+    trg_vocab = _build_vocab([t for _, t in tokens["train"]], config.min_freq, "target")
     examples = {
         split: [
             numericalize(s, t, src_vocab, trg_vocab, config.reverse_src) for s, t in token_pairs
         ]
         for split, token_pairs in tokens.items()
     }
-    return Corpus(pairs, examples, src_vocab, trg_vocab, skipped, src_tokenizer, trg_tokenizer)
+    return Corpus(
+        pairs, examples, src_vocab, trg_vocab, skipped, src_tokenizer, trg_tokenizer, truncated
+    )
 
 
 def _learn_subwords(

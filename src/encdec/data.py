@@ -52,9 +52,17 @@ def default_cache_dir() -> Path:
 
 
 def read_lines(path: str | Path) -> list[str]:
-    """Read UTF-8 text (gzip if the name ends in .gz); each line keeps all but its line ending."""
+    """Read UTF-8 text (gzip if the name ends in .gz) and split it into lines (`split_lines`)."""
     path = Path(path)
-    text = _decode_utf8(_read_bytes(path), path)
+    return split_lines(_decode_utf8(_read_bytes(path), path))
+
+
+def split_lines(text: str) -> list[str]:
+    """Lines end at '\n' only (or '\r\n'): a lone '\r', '\u2028' or '\x85' stays in its line.
+
+    `str.splitlines` would split at those too, so a file and its translation could differ in
+    length; encdec writes one '\n' after each output line, so lines in and lines out agree.
+    """
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()  # the newline ending the last line does not start another one

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import random
+import shutil
 import signal
 import tempfile
 import threading
@@ -338,6 +339,8 @@ def _describe(corpus: Corpus, model: Seq2Seq) -> None:
     log.info("data: %s", ", ".join(f"{s} {len(e):,}" for s, e in corpus.examples.items()))
     if corpus.skipped:
         log.info("skipped training pairs: %s", corpus.skipped)
+    if corpus.truncated:
+        log.info("training pairs cut to max_len: %s", f"{corpus.truncated:,}")
     log.info(
         "vocabulary: source %s, target %s",
         f"{len(corpus.src_vocab):,}",
@@ -671,6 +674,18 @@ def _writable_run_dir(out_dir: Path) -> None:
         raise EncdecError(f"run directory {out_dir} cannot be written: {error}") from None
 
 
+def _free_space_for_checkpoints(out_dir: Path, model: Seq2Seq) -> None:
+    """Refuse to start unless out_dir has room for ~3 checkpoints (last, best, a temporary)."""
+    # A checkpoint holds float32 weights and Adam's two moments: 3 x 4 bytes per parameter.
+    needed = 3 * count_parameters(model) * 4 * 3
+    free = shutil.disk_usage(out_dir).free
+    if free < needed:
+        raise EncdecError(
+            f"run directory {out_dir} has {free / 1e6:,.1f} MB free but its checkpoints need "
+            f"about {needed / 1e6:,.1f} MB; free some space or train into another --out"
+        )
+
+
 def train(
     config: Config | None, out_dir: str | Path, quiet: bool = False, resume: bool = False
 ) -> dict:
@@ -686,6 +701,7 @@ def train(
     _setup_logging(out_dir, quiet)
     run = _new_run(config, out_dir) if state is None else _resumed_run(state, config, out_dir)
     del state  # the saved tensors now live in the run
+    _free_space_for_checkpoints(out_dir, run.model)
     with _stop_signals() as stop:
         while not run.progress.finished:
             _train_epoch(run, stop)
