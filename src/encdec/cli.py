@@ -12,6 +12,7 @@ from pathlib import Path
 from encdec import data
 from encdec.config import from_dict, load_config
 from encdec.errors import EncdecError
+from encdec.progress import silence_bars
 
 EXAMPLES = {
     "train": "encdec train --config configs/multi30k_seed.yaml --data-dir ../shared/data/multi30k "
@@ -32,6 +33,9 @@ DEMO_CONFIG = {
     "training": {"epochs": 80, "batch_size": 16, "lr": 0.003, "teacher_forcing_ratio": 1.0},
     "decoding": {"max_len": 10},
 }
+# Bars are drawn on stderr only when it is a terminal; --quiet turns them off there too.
+QUIET_HELP = "no progress bars on stderr"
+
 DEMO_SENTENCES = [
     "good morning",
     "thank you very much",
@@ -95,7 +99,8 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
     translator = Translator.load(args.checkpoint, int8=args.int8)
     source = data.read_lines(args.input) if args.input else data.split_lines(sys.stdin.read())
-    translations = translator.translate(source, seed=args.seed, **_decoding_options(args))
+    with silence_bars(args.quiet):
+        translations = translator.translate(source, seed=args.seed, **_decoding_options(args))
     text = "".join(line + "\n" for line in translations)
     if args.output:
         _write_atomically(Path(args.output), text)
@@ -153,7 +158,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         pairs = read_splits(data_config).get(args.split)
         if pairs is None:
             raise EncdecError(f"the checkpoint's data config names no '{args.split}' split")
-    scores = translator.evaluate(pairs, **_decoding_options(args))
+    with silence_bars(args.quiet):
+        scores = translator.evaluate(pairs, **_decoding_options(args))
     if args.json:
         print(json.dumps(scores))
     else:
@@ -266,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser.add_argument(
         "--max-steps", type=int, help="end each epoch after this many batches (smoke tests)"
     )
-    train_parser.add_argument("--quiet", action="store_true", help="log to train.log only")
+    train_parser.add_argument(
+        "--quiet", action="store_true", help="log to train.log only; no progress bars"
+    )
 
     translate_parser = verb(
         "translate", "translate sentences (stdin or --input), one per line", cmd_translate
@@ -285,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     translate_parser.add_argument(
         "--int8", action="store_true", help="quantize the model to int8 first (faster on CPU)"
     )
+    translate_parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
     evaluate_parser = verb(
         "evaluate", "loss, perplexity, BLEU and chrF of a checkpoint", cmd_evaluate
@@ -295,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--src", help="source file to score instead of a split")
     evaluate_parser.add_argument("--ref", help="reference translations of --src")
     evaluate_parser.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate_parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     _add_decoding_options(evaluate_parser)
 
     stats_parser = verb("data-stats", "sizes of a corpus's splits and vocabularies", cmd_data_stats)

@@ -14,6 +14,7 @@ import torch
 from encdec.batching import Example, collate, evaluation_batches
 from encdec.config import DecodingConfig
 from encdec.model import Seq2Seq
+from encdec.progress import progress_bar
 from encdec.vocab import Vocab
 
 
@@ -193,7 +194,8 @@ def decode_examples(
     """
     model.eval()
     outputs: list[list[Hypothesis]] = [[] for _ in examples]
-    for indices in evaluation_batches(examples, decoding.batch_size):
+    batches = evaluation_batches(examples, decoding.batch_size)
+    for indices in progress_bar(batches, desc="translating", unit="batch", leave=False):
         batch = collate(examples, indices, trg_vocab.pad_idx)
         ends = (trg_vocab.sos_idx, trg_vocab.eos_idx, decoding.max_len)
         if decoding.beam_size > 1:

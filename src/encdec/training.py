@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -49,8 +50,12 @@ from encdec.corpus import Corpus, build_corpus
 from encdec.errors import EncdecError
 from encdec.metrics import bleu, chrf, perplexity
 from encdec.model import Seq2Seq, build_model, count_parameters
+from encdec.progress import LogAboveBars, progress_bar, silence_bars
 from encdec.search import decode_examples
 from encdec.tokenize import Tokenizer
+
+if TYPE_CHECKING:  # tensorboard is optional: `pip install encdec[tensorboard]`
+    from torch.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger("encdec")
 
@@ -186,7 +191,7 @@ def run_epoch(
     """
     model.train(optimizer is not None)
     total_loss, total_tokens, start = 0.0, 0, time.perf_counter()
-    bar = tqdm(batches[:max_steps], desc=description, leave=False, disable=None)
+    bar = progress_bar(batches[:max_steps], desc=description, leave=False)
     with torch.set_grad_enabled(optimizer is not None):
         for indices in bar:
             loss_sum, smoothed_sum, n_tokens = batch_losses(
@@ -227,7 +232,7 @@ def _setup_logging(out_dir: Path, quiet: bool) -> None:
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(file_handler)
     if not quiet:
-        log.addHandler(logging.StreamHandler())
+        log.addHandler(LogAboveBars())
 
 
 def corpus_scores(model: Seq2Seq, corpus: Corpus, split: str, config: Config) -> dict:
@@ -246,8 +251,8 @@ def evaluate_split(model: Seq2Seq, corpus: Corpus, split: str, config: Config) -
     """Loss and perplexity with teacher forcing off (the textbook's) and on, BLEU and chrF."""
     examples, pad_idx = corpus.examples[split], corpus.trg_vocab.pad_idx
     batches = evaluation_batches(examples, config.training.batch_size)
-    free = run_epoch(model, examples, batches, pad_idx, teacher_forcing_ratio=0.0)
-    forced = run_epoch(model, examples, batches, pad_idx, teacher_forcing_ratio=1.0)
+    free = run_epoch(model, examples, batches, pad_idx, 0.0, description=f"{split} loss")
+    forced = run_epoch(model, examples, batches, pad_idx, 1.0, description=f"{split} forced")
     scores = corpus_scores(model, corpus, split, config)
     return {
         f"{split}_loss": free.loss,
@@ -277,6 +282,38 @@ def _log_record(record: dict, epochs: int, metrics_path: Path) -> None:
     log.info(_format_epoch(record, epochs))
     with metrics_path.open("a", encoding="utf-8") as file:
         file.write(json.dumps(record) + "\n")
+
+
+# TensorBoard tag -> metrics.jsonl key, written once per epoch
+TENSORBOARD_SCALARS = {
+    "train/loss": "train_loss",
+    "train/ppl": "train_ppl",
+    "valid/loss": "valid_loss",
+    "valid/ppl": "valid_ppl",
+    "valid/teacher_forced_ppl": "valid_teacher_forced_ppl",
+    "valid/bleu": "valid_bleu",
+    "valid/chrf": "valid_chrf",
+    "lr": "lr",
+}
+
+
+def tensorboard_writer(log_dir: Path, first_epoch: int) -> SummaryWriter | None:
+    """A SummaryWriter into `log_dir` when tensorboard is installed, else None.
+
+    Events from `first_epoch` on left by an earlier (interrupted) run are hidden: they are redone.
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(log_dir), purge_step=first_epoch)
+
+
+def _write_scalars(board: SummaryWriter, record: dict) -> None:
+    """The epoch's losses, perplexities, BLEU, chrF and lr, at step = epoch; flushed at once."""
+    for tag, key in TENSORBOARD_SCALARS.items():
+        board.add_scalar(tag, record[key], global_step=record["epoch"])
+    board.flush()
 
 
 @dataclass
@@ -363,6 +400,11 @@ class Progress:
     validated: bool = True  # the epoch's end (validation, best.pt, plateau) is done
     finished: bool = False  # no epoch is left: the last one is done or early stopping struck
 
+    @property
+    def epochs_done(self) -> int:
+        """Epochs trained and validated; an epoch whose end was not reached does not count."""
+        return self.epoch if self.validated else self.epoch - 1
+
 
 @dataclass
 class Run:
@@ -378,6 +420,7 @@ class Run:
     data_order: random.Random  # draws each epoch's batch order
     progress: Progress
     out_dir: Path
+    board: SummaryWriter | None = None  # TensorBoard's writer while training, if installed
 
 
 class TrainingStopped(KeyboardInterrupt):
@@ -450,6 +493,22 @@ def _build_run(config: Config, out_dir: Path) -> Run:
         progress=Progress(),
         out_dir=out_dir,
     )
+
+
+@contextlib.contextmanager
+def _reporting(run: Run) -> Iterator[tqdm]:
+    """While training: a bar over epochs, and TensorBoard's writer open."""
+    done = run.progress.epochs_done
+    # one process writes logs today; with several, only the logging one would open a writer
+    run.board = tensorboard_writer(run.out_dir / "tensorboard", first_epoch=done + 1)
+    total = run.config.training.epochs
+    epoch_bar = progress_bar(total=total, initial=done, desc="epochs", unit="epoch")
+    try:
+        yield epoch_bar
+    finally:
+        epoch_bar.close()
+        if run.board is not None:
+            run.board.close()
 
 
 def _new_run(config: Config, out_dir: Path) -> Run:
@@ -528,8 +587,7 @@ def _resumed_run(state: dict, config: Config | None, out_dir: Path) -> Run:
     run = _build_run(_resume_config(from_dict(state["config"]), config), out_dir)
     _restore(run, state)
     progress = run.progress
-    done = progress.epoch if progress.validated else progress.epoch - 1
-    _keep_records_through(out_dir / "metrics.jsonl", done)
+    _keep_records_through(out_dir / "metrics.jsonl", progress.epochs_done)
     log.info(
         "resuming from last.pt: epoch %d, step %d of %d%s",
         progress.epoch,
@@ -612,17 +670,19 @@ def _train_epoch(run: Run, stop: StopSignals) -> None:
     progress, every = run.progress, run.config.training.save_every_steps
     run.model.train()
     remaining = progress.batches[progress.step :]
-    bar = tqdm(
+    bar = progress_bar(
         remaining,
         desc=f"epoch {progress.epoch}",
         initial=progress.step,
         total=len(progress.batches),
         leave=False,
-        disable=None,
     )
     for indices in bar:
         _train_step(run, indices)
-        bar.set_postfix(loss=f"{progress.epoch_loss_sum / progress.epoch_tokens:.3f}")
+        bar.set_postfix(
+            loss=f"{progress.epoch_loss_sum / progress.epoch_tokens:.3f}",
+            tok_s=f"{progress.epoch_tokens / progress.epoch_seconds:.0f}",
+        )
         if stop.signal_number is not None or (every and progress.step % every == 0):
             save_checkpoint(_resume_state(run), run.out_dir / "last.pt")
         stop.raise_if_requested(run)
@@ -650,6 +710,8 @@ def _end_epoch(run: Run, stop: StopSignals) -> None:
     progress.train_seconds_total += progress.epoch_seconds
     record = _epoch_record(run)
     _log_record(record, settings.epochs, run.out_dir / "metrics.jsonl")
+    if run.board is not None:
+        _write_scalars(run.board, record)
     is_best = selection.observe(record)
     if run.per_epoch is not None:
         run.per_epoch.step(record[selection.key])
@@ -691,7 +753,8 @@ def train(
 ) -> dict:
     """Train the model `config` describes, or with `resume` go on from out_dir/last.pt.
 
-    Writes last.pt, best.pt, metrics.jsonl and train.log; returns the best model's test scores.
+    Writes last.pt, best.pt, metrics.jsonl, train.log (and tensorboard/, if it is installed);
+    `quiet` keeps logs and progress bars off stderr. Returns the best model's test scores.
     """
     out_dir = Path(out_dir)
     state = _load_last(out_dir) if resume else None
@@ -702,8 +765,10 @@ def train(
     run = _new_run(config, out_dir) if state is None else _resumed_run(state, config, out_dir)
     del state  # the saved tensors now live in the run
     _free_space_for_checkpoints(out_dir, run.model)
-    with _stop_signals() as stop:
-        while not run.progress.finished:
-            _train_epoch(run, stop)
-            _end_epoch(run, stop)
-    return _test_best(run.model, run.corpus, run.config, out_dir)
+    with silence_bars(quiet):
+        with _stop_signals() as stop, _reporting(run) as epoch_bar:
+            while not run.progress.finished:
+                _train_epoch(run, stop)
+                _end_epoch(run, stop)
+                epoch_bar.update()
+        return _test_best(run.model, run.corpus, run.config, out_dir)
