@@ -225,3 +225,15 @@ def test_section_with_every_key_commented_out_keeps_the_defaults(tmp_path):
     config = load_config(path)
     assert config.decoding == DecodingConfig()
     assert config.training.epochs == 3
+
+
+def test_exponent_without_a_dot_is_read_as_a_float(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("training:\n  lr: 5e-4\n  min_lr: 1e-05\n", encoding="utf-8")
+    config = load_config(path)
+    assert config.training.lr == 0.0005 and config.training.min_lr == 0.00001
+
+
+def test_text_that_is_no_number_is_still_a_wrong_type():
+    with pytest.raises(EncdecError, match="training.lr"):
+        load_config(None, ["training.lr=fast"])

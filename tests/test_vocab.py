@@ -188,3 +188,16 @@ def test_empty_training_side_names_the_side(tmp_path, side):
     lines = ["\tun perro", " \tun gato"] if side == "source" else ["a dog\t", "a cat\t  "]
     with pytest.raises(EncdecError, match=f"every {side} sentence of the training split is empty"):
         build_corpus(tsv_config(tmp_path, lines, min_freq=1))
+
+
+@pytest.mark.parametrize("missing", ["valid", "test"])
+def test_files_dataset_without_a_split_names_the_keys_to_set(tmp_path, missing):
+    names = {}
+    for split in ("train", "valid", "test"):
+        if split != missing:
+            (tmp_path / f"{split}.tsv").write_text("a cat\teine katze\n", encoding="utf-8")
+            names[f"{split}_tsv"] = str(tmp_path / f"{split}.tsv")
+    config = DataConfig(dataset="files", src_lang="en", trg_lang="de", min_freq=1, **names)
+    with pytest.raises(EncdecError, match=f"data.{missing}_src") as error:
+        build_corpus(config)
+    assert f"data.{missing}_tsv" in str(error.value)

@@ -153,12 +153,22 @@ def _convert(value: object, kind: object, where: str) -> object:
         return None
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if base is float and isinstance(value, str):
+        value = _float_from_yaml_string(value)  # YAML 1.1 reads 1e-5 (no dot) as a string
     if base is int and isinstance(value, bool) or not isinstance(value, base):
         raise EncdecError(
             f"config field '{where}' must be {base.__name__}"
             f"{' or null' if optional else ''}, got {value!r}"
         )
     return value
+
+
+def _float_from_yaml_string(text: str) -> float | str:
+    """`text` as a float when it spells one (like '1e-5'); otherwise unchanged."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _check_range(section: str, key: str, value: object) -> None:

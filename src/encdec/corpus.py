@@ -51,10 +51,10 @@ def read_splits(config: DataConfig) -> dict[str, list[data.Pair]]:
             splits[split] = data.read_tsv(tsv)
         elif src and trg:
             splits[split] = data.read_parallel(src, trg)
-        elif split == "train":
+        else:  # every split is needed: valid picks best.pt, test scores it
             raise EncdecError(
-                "data.dataset is 'files' but no training data is named: set data.train_src and "
-                "data.train_trg, or data.train_tsv"
+                f"data.dataset is 'files' but no {split} data is named: set data.{split}_src "
+                f"and data.{split}_trg, or data.{split}_tsv"
             )
     return splits
 
