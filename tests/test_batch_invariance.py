@@ -8,6 +8,8 @@ from encdec.corpus import build_corpus
 from encdec.model import build_model
 from encdec.search import decode_examples
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def test_split_and_model(multi30k_dir):
