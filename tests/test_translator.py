@@ -110,3 +110,18 @@ def test_subword_model_translates_from_its_checkpoint_alone(tmp_path):
     (best,) = translator.translations(["let's go"])[0]
     assert best.text == "vamos"
     assert translator.trg_tokenizer.to_words(best.tokens) == ["vamos"]
+
+
+def test_beam_is_short_for_beam_size(translator):
+    assert translator.translate(["let's go"], beam=3) == ["vamos"]
+    ((best, second),) = translator.translations(["let's go"], n_best=2, beam=2)
+    assert best.text == "vamos" and second.text != "vamos"
+
+
+def test_train_from_python_without_a_run_dir_makes_one_under_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = copy.deepcopy(DEMO_CONFIG)
+    raw["training"]["epochs"] = 1
+    train(from_dict(raw), quiet=True)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert (run_dir / "best.pt").is_file() and (run_dir / "metrics.jsonl").is_file()

@@ -749,19 +749,26 @@ def _free_space_for_checkpoints(out_dir: Path, model: Seq2Seq) -> None:
 
 
 def train(
-    config: Config | None, out_dir: str | Path, quiet: bool = False, resume: bool = False
+    config: Config | None,
+    out_dir: str | Path | None = None,
+    quiet: bool = False,
+    resume: bool = False,
 ) -> dict:
     """Train the model `config` describes, or with `resume` go on from out_dir/last.pt.
 
-    Writes last.pt, best.pt, metrics.jsonl, train.log (and tensorboard/, if it is installed);
-    `quiet` keeps logs and progress bars off stderr. Returns the best model's test scores.
+    Writes last.pt, best.pt, metrics.jsonl, train.log (and tensorboard/, if it is installed)
+    into `out_dir` (default: a new runs/YYYYmmdd-HHMMSS); `quiet` keeps logs and progress bars
+    off stderr. Returns the best model's test scores.
     """
-    out_dir = Path(out_dir)
+    if out_dir is None and resume:
+        raise EncdecError("resuming needs the run directory to go on from")
+    out_dir = Path(out_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     state = _load_last(out_dir) if resume else None
     if config is None and state is None:
         raise EncdecError("train needs a config, unless it resumes a run")
     _writable_run_dir(out_dir)
     _setup_logging(out_dir, quiet)
+    log.info("run directory: %s", out_dir)
     run = _new_run(config, out_dir) if state is None else _resumed_run(state, config, out_dir)
     del state  # the saved tensors now live in the run
     _free_space_for_checkpoints(out_dir, run.model)

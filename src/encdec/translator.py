@@ -91,15 +91,18 @@ class Translator:
         sentences: Sequence[str],
         n_best: int = 1,
         seed: int | None = None,
+        beam: int | None = None,
         **options,
     ) -> list[list[Translation]]:
         """The `n_best` translations of each sentence, with tokens, scores and attention.
+
+        `beam=5` is short for `beam_size=5`.
 
         `options` override the checkpoint's decoding settings (docs/config.md): beam_size,
         max_len, temperature, top_k, length_penalty, unk_replace. Inputs are batched by length;
         results come back in input order.
         """
-        decoding = self._decoding(n_best, options)
+        decoding = self._decoding(n_best, {"beam_size": beam, **options})
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         source_tokens = self.src_tokenizer.tokenize_many(sentences)
         examples = [
