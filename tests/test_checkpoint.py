@@ -13,6 +13,7 @@ import torch
 from encdec import checkpoint
 from encdec.checkpoint import (
     FORMAT_VERSION,
+    atomic_file,
     load_checkpoint,
     restore_rng_states,
     rng_states,
@@ -182,3 +183,14 @@ def test_rng_states_saved_in_a_checkpoint_repeat_every_draw(tmp_path):
     draws(data_order)  # move every generator on
     restore_rng_states(load_checkpoint(tmp_path / "last.pt")["rng"], data_order)
     assert draws(data_order) == expected
+
+
+def test_atomically_written_files_get_the_mode_of_any_new_file(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "out.txt") as file:
+            file.write(b"text\n")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "out.txt").read_bytes() == b"text\n"

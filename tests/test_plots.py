@@ -126,8 +126,8 @@ def test_png_gets_the_mode_of_any_new_file(tmp_path):
 
 
 def test_failed_render_leaves_no_file(tmp_path, monkeypatch):
-    def crash_halfway(self, name, **options):
-        Path(name).write_bytes(PNG_SIGNATURE)
+    def crash_halfway(self, file, **options):
+        file.write(PNG_SIGNATURE)  # half a PNG, into the temporary file
         raise RuntimeError("renderer died")
 
     monkeypatch.setattr(Figure, "savefig", crash_halfway)

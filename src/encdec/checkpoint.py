@@ -26,6 +26,7 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
     path = Path(path)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(temp_name, _new_file_mode())  # mkstemp's files are private (0600)
         with os.fdopen(handle, "wb") as file:
             yield file
             file.flush()
@@ -35,6 +36,13 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
         Path(temp_name).unlink(missing_ok=True)
         raise
     _sync_directory(path.parent)
+
+
+def _new_file_mode() -> int:
+    """The permissions `open` would give a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _sync_directory(folder: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -134,14 +133,10 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    from encdec.checkpoint import atomic_file
+
+    with atomic_file(path) as file:
+        file.write(text.encode("utf-8"))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

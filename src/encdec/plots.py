@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import textwrap
 from pathlib import Path
 
@@ -12,6 +10,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, MaxNLocator
 
+from encdec.checkpoint import atomic_file
 from encdec.errors import EncdecError
 from encdec.translator import Translation, Translator
 
@@ -141,14 +140,8 @@ def save_png(figure: Figure, path: str | Path) -> Path:
     if not path.parent.is_dir():
         raise EncdecError(f"cannot write {path}: folder {path.parent} does not exist")
     FigureCanvasAgg(figure)
-    # not mkstemp: its files are private (0600); savefig creates this one with the usual mode
-    temp_name = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        figure.savefig(temp_name, format="png", dpi=120)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as file:
+        figure.savefig(file, format="png", dpi=120)
     return path
 
 
