@@ -49,7 +49,9 @@ def decode(
     batch_size = src.shape[1]
     generated = torch.full((max_len, batch_size), eos_idx, dtype=torch.long)
     scores = torch.zeros(batch_size)
-    attention = torch.zeros(max_len, batch_size, src.shape[0])
+    attention = None  # (max_len, B, S) weights per step, for a model with attention
+    if model.decoder.attention is not None:
+        attention = torch.zeros(max_len, batch_size, src.shape[0])
     active = torch.arange(batch_size)  # batch positions still decoding
     tokens = torch.full((1, batch_size), sos_idx, dtype=torch.long, device=src.device)
     for step in range(max_len):
@@ -58,7 +60,7 @@ def decode(
         log_probs = torch.log_softmax(logits[0], dim=-1)  # (active, V)
         scores[active] += log_probs.gather(1, tokens.T).squeeze(1).cpu()
         generated[step, active] = tokens[0].cpu()
-        if state.attention is not None:
+        if attention is not None:
             attention[step, active] = state.attention[0].cpu()
         unfinished = tokens[0] != eos_idx
         if not unfinished.any():
@@ -66,10 +68,12 @@ def decode(
         if not unfinished.all():
             active, tokens = active[unfinished.cpu()], tokens[:, unfinished]
             state = state.select(unfinished)
-    has_attention = model.decoder.attention is not None
     return [
         _hypothesis(
-            generated[:, i], scores[i].item(), attention[:, i] if has_attention else None, eos_idx
+            generated[:, i],
+            scores[i].item(),
+            attention[:, i] if attention is not None else None,
+            eos_idx,
         )
         for i in range(batch_size)
     ]

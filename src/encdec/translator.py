@@ -129,7 +129,7 @@ class Translator:
         overrides = {key: value for key, value in options.items() if value is not None}
         decoding = self.config.to_dict()["decoding"] | overrides
         decoding = from_dict({"decoding": decoding}).decoding
-        if n_best > max(decoding.beam_size, 1):
+        if n_best > decoding.beam_size:
             raise EncdecError(f"n_best ({n_best}) cannot exceed beam_size ({decoding.beam_size})")
         if decoding.unk_replace and self.model.decoder.attention is None:
             raise EncdecError("unk_replace needs a model with attention (model.attention)")
