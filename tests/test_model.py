@@ -212,3 +212,47 @@ def test_collated_batch_feeds_forward():
     batch = collate(examples, [0, 1], PAD)
     logits = tiny_model()(batch.src, batch.src_lengths, batch.trg)
     assert logits.shape == (batch.trg.shape[0] - 1, 2, TRG_VOCAB)
+
+
+def context_every_step_model(cell: str = "lstm", bidirectional: bool = False) -> Seq2Seq:
+    torch.manual_seed(0)
+    config = ModelConfig(
+        cell=cell,
+        embedding_dim=16,
+        hidden_dim=32,
+        dropout=0.0,
+        bidirectional=bidirectional,
+        context_every_step=True,
+    )
+    return sharpened(build_model(config, SRC_VOCAB, TRG_VOCAB).eval(), factor=5.0)
+
+
+@pytest.mark.parametrize(("cell", "bidirectional"), [("lstm", False), ("gru", True)])
+def test_context_every_step_in_one_call_matches_the_step_loop(cell, bidirectional):
+    model = context_every_step_model(cell, bidirectional)
+    src_lengths, trg_lengths = [6, 4, 5], [7, 3, 6]
+    src, trg = random_batch(src_lengths, SRC_VOCAB, 4), random_batch(trg_lengths, TRG_VOCAB, 5)
+    with torch.no_grad():
+        fast = model(src, torch.tensor(src_lengths), trg, teacher_forcing_ratio=1.0)
+        by_hand = teacher_forced_by_hand(model, src, torch.tensor(src_lengths), trg)
+    torch.testing.assert_close(fast, by_hand, atol=1e-5, rtol=0)
+
+
+def test_every_decoder_step_reads_the_fixed_context():
+    model = context_every_step_model()
+    src, trg = random_batch([6, 5], SRC_VOCAB, 6), random_batch([7, 7], TRG_VOCAB, 7)
+    with torch.no_grad():
+        state = model.encode(src, torch.tensor([6, 5]))
+        assert state.fixed_context.shape == (1, 2, 32)
+        _, state = model.decoder(trg[:1], state)
+        later = model.decoder(trg[1:], state)[0]
+        state.fixed_context = torch.zeros_like(state.fixed_context)
+        later_without_context = model.decoder(trg[1:], state)[0]
+    # same recurrent state and inputs: only the fixed context differs, and every step shows it
+    differs = (later - later_without_context).abs().amax(dim=(1, 2))  # (steps,)
+    assert torch.all(differs > 1e-3)
+
+
+def test_context_every_step_with_attention_is_a_clear_error():
+    with pytest.raises(EncdecError, match="context_every_step"):
+        build_model(ModelConfig(attention="general", context_every_step=True), 11, 13)

@@ -23,11 +23,16 @@ SOURCES = [
 ]
 
 
-@pytest.fixture
-def model() -> Seq2Seq:
+@pytest.fixture(
+    params=[{}, {"context_every_step": True, "bidirectional": True}],
+    ids=["textbook", "context_every_step"],
+)
+def model(request) -> Seq2Seq:
     """An untrained model, its weights scaled up so the argmax changes from step to step."""
     torch.manual_seed(0)
-    config = ModelConfig(embedding_dim=16, hidden_dim=32, num_layers=2, dropout=0.0)
+    config = ModelConfig(
+        embedding_dim=16, hidden_dim=32, num_layers=2, dropout=0.0, **request.param
+    )
     model = build_model(config, SRC_VOCAB, TRG_VOCAB).eval()
     with torch.no_grad():
         for parameter in model.parameters():

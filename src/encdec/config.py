@@ -49,6 +49,7 @@ class ModelConfig:
     bidirectional: bool = False  # encoder reads the source both ways; a bridge feeds the decoder
     attention: str = "none"  # none | dot | general (Luong) | additive (Bahdanau)
     input_feeding: bool = False  # feed the last attentional vector into the next decoder step
+    context_every_step: bool = False  # without attention: the context vector feeds every step
     tie_embeddings: bool = False  # output layer shares the target embedding's weights
 
 

@@ -31,6 +31,7 @@ class DecoderState:
     memory: Memory | None = None  # the encoder's outputs, for attention
     attentional: torch.Tensor | None = None  # (1, B, H) last attentional vector (input feeding)
     attention: torch.Tensor | None = None  # (steps, B, S) weights of the last decoder call
+    fixed_context: torch.Tensor | None = None  # (1, B, H) read by every step (Cho et al., 2014)
 
     def select(self, index: torch.Tensor) -> DecoderState:
         """The state of batch columns `index`, in that order (finished sentences, beams)."""
@@ -38,6 +39,7 @@ class DecoderState:
             _select_columns(self.rnn, index),
             self.memory.select(index) if self.memory is not None else None,
             _select_columns(self.attentional, index),
+            fixed_context=_select_columns(self.fixed_context, index),
         )
 
 
@@ -107,7 +109,9 @@ class Decoder(nn.Module):
     Called with one step of input tokens, (1, B), it is the textbook's one-step decoder; called
     with several steps it runs them in one RNN call, which is how teacher forcing gets fast.
     With attention, the RNN's output and the context read from the encoder's outputs are
-    combined into the attentional vector that predicts the token (Luong et al., 2015).
+    combined into the attentional vector that predicts the token (Luong et al., 2015). Without
+    attention, `context_every_step` gives every step the encoder's summary instead, as input
+    and beside the output (Cho et al., 2014), so the decoder need not carry it in its state.
     """
 
     def __init__(
@@ -120,18 +124,22 @@ class Decoder(nn.Module):
         cell: str = "lstm",
         attention: Attention | None = None,
         input_feeding: bool = False,
+        context_every_step: bool = False,
     ):
         super().__init__()
+        if context_every_step and attention is not None:
+            raise EncdecError("model.context_every_step is for models without attention")
         self.vocab_size, self.hidden_dim, self.num_layers = vocab_size, hidden_dim, num_layers
         self.attention, self.input_feeding = attention, input_feeding
+        self.context_every_step = context_every_step
         rnn_input_dim = embedding_dim
         if input_feeding:
             rnn_input_dim += hidden_dim
-        if attention is not None and attention.query_before_rnn:
+        if attention is not None and attention.query_before_rnn or context_every_step:
             rnn_input_dim += hidden_dim  # the context vector read before the step
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.rnn = RNN_CELLS[cell](rnn_input_dim, hidden_dim, num_layers, dropout=dropout)
-        if attention is not None:
+        if attention is not None or context_every_step:
             self.combine = nn.Linear(2 * hidden_dim, hidden_dim)  # [context; output] -> H
         self.fc_out = nn.Linear(hidden_dim, vocab_size)
         self.dropout = nn.Dropout(dropout)
@@ -141,6 +149,8 @@ class Decoder(nn.Module):
     ) -> tuple[torch.Tensor, DecoderState]:
         # input_tokens: (steps, B)
         embedded = self.dropout(self.embedding(input_tokens))  # (steps, B, E)
+        if self.context_every_step:
+            return self._read_fixed_context(embedded, state)
         if self.attention is None:
             output, rnn_state = self.rnn(embedded, state.rnn)  # output: (steps, B, H)
             return self.fc_out(output), DecoderState(rnn_state)
@@ -153,6 +163,16 @@ class Decoder(nn.Module):
             state = DecoderState(rnn_state, state.memory, attentional[-1:], weights)
         prediction = self.fc_out(self.dropout(attentional))  # (steps, B, V)
         return prediction, state
+
+    def _read_fixed_context(
+        self, embedded: torch.Tensor, state: DecoderState
+    ) -> tuple[torch.Tensor, DecoderState]:
+        """Predictions when every step reads the same context vector: all steps in one call."""
+        context = state.fixed_context.expand(embedded.shape[0], -1, -1)  # (steps, B, H)
+        output, rnn_state = self.rnn(torch.cat([embedded, context], -1), state.rnn)  # (steps, B, H)
+        combined = torch.tanh(self.combine(torch.cat([context, output], -1)))  # (steps, B, H)
+        prediction = self.fc_out(self.dropout(combined))  # (steps, B, V)
+        return prediction, DecoderState(rnn_state, fixed_context=state.fixed_context)
 
     def _attend_step_by_step(
         self, embedded: torch.Tensor, state: DecoderState
@@ -196,6 +216,8 @@ class Seq2Seq(nn.Module):
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> DecoderState:
         """The decoder's starting state: the context vector (and memory, with attention)."""
         outputs, context = self.encoder(src, src_lengths)
+        if self.decoder.context_every_step:
+            return DecoderState(context, fixed_context=_top_hidden(context))  # fixed: (1, B, H)
         if self.decoder.attention is None:
             return DecoderState(context)
         memory = self.decoder.attention.memory(outputs, src_lengths)
@@ -244,7 +266,9 @@ def build_model(config: ModelConfig, src_vocab_size: int, trg_vocab_size: int) -
     attention = None
     if config.attention != "none":
         attention = ATTENTIONS[config.attention](config.hidden_dim)
-    decoder = Decoder(trg_vocab_size, *shape, attention, config.input_feeding)
+    decoder = Decoder(
+        trg_vocab_size, *shape, attention, config.input_feeding, config.context_every_step
+    )
     model = Seq2Seq(encoder, decoder)
     for parameter in model.parameters():
         nn.init.uniform_(parameter, -0.08, 0.08)
