@@ -10,9 +10,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from encdec.batching import collate
-from encdec.checkpoint import load_checkpoint
+from encdec.checkpoint import average_checkpoints, load_checkpoint, save_checkpoint
 from encdec.config import Config, ModelConfig, TrainingConfig, from_dict
 from encdec.corpus import build_corpus
+from encdec.errors import EncdecError
 from encdec.model import build_model
 from encdec.training import (
     batch_scheduler,
@@ -22,6 +23,7 @@ from encdec.training import (
     token_losses,
     train,
 )
+from encdec.translator import Translator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -235,3 +237,37 @@ def test_evaluate_split_reports_bleu_and_chrf():
     scores = evaluate_split(model, corpus, "valid", config)
     assert {"valid_loss", "valid_ppl", "valid_bleu", "valid_chrf"} <= set(scores)
     assert 0 <= scores["valid_chrf"] <= 100
+
+
+def test_keep_checkpoints_keeps_the_last_epochs_weights(tmp_path, monkeypatch):
+    script_validation(monkeypatch, [4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0])
+    train(toy_config(keep_checkpoints=2), tmp_path, quiet=True)
+    assert sorted(p.name for p in tmp_path.glob("epoch_*.pt")) == ["epoch_003.pt", "epoch_004.pt"]
+    last_epoch = load_checkpoint(tmp_path / "epoch_004.pt")
+    assert "optimizer" not in last_epoch  # weights to translate with, not training state
+    for name, tensor in load_checkpoint(tmp_path / "last.pt")["model"].items():
+        assert torch.equal(last_epoch["model"][name], tensor)
+
+
+def test_averaged_checkpoint_holds_the_mean_weights_and_translates(tmp_path, monkeypatch):
+    script_validation(monkeypatch, [4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0])
+    train(toy_config(keep_checkpoints=3), tmp_path, quiet=True)
+    paths = sorted(tmp_path.glob("epoch_*.pt"))
+    averaged = average_checkpoints(paths)
+    weights = [load_checkpoint(path)["model"] for path in paths]
+    for name, tensor in averaged["model"].items():
+        expected = sum(w[name].double() for w in weights) / 3
+        torch.testing.assert_close(tensor, expected.float())
+        assert not torch.equal(tensor, weights[-1][name])
+    save_checkpoint(averaged, tmp_path / "avg.pt")
+    assert len(Translator.load(tmp_path / "avg.pt").translate(["good morning"])) == 1
+
+
+def test_averaging_checkpoints_of_other_models_is_an_error(tmp_path, monkeypatch):
+    script_validation(monkeypatch, [4.0, 3.0, 2.0, 1.0] * 2, [1.0, 2.0, 3.0, 4.0] * 2)
+    train(toy_config(), tmp_path / "small", quiet=True)
+    wider = toy_config()
+    wider.model.hidden_dim = 24
+    train(wider, tmp_path / "wide", quiet=True)
+    with pytest.raises(EncdecError, match="another model config"):
+        average_checkpoints([tmp_path / "small/best.pt", tmp_path / "wide/best.pt"])

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from encdec.errors import EncdecError
 from encdec.vocab import Vocab
 
 Example = tuple[list[int], list[int]]  # (source ids, target ids with <sos> ... <eos>)
@@ -117,3 +118,31 @@ def padding_fraction(examples: Sequence[Example], batches: Sequence[list[int]]) 
 def evaluation_batches(examples: Sequence[Example], batch_size: int) -> list[list[int]]:
     """Length-sorted batches in a fixed order, for validation, test and translation."""
     return bucket_batches(examples, batch_size, pool_batches=max(len(examples), 1), rng=None)
+
+
+def splittable(batches: list[list[int]], world_size: int) -> list[list[int]]:
+    """The batches, each with at least `world_size` examples: a smaller one joins its neighbour.
+
+    Every process of a data-parallel run needs a non-empty share of every batch.
+    """
+    merged: list[list[int]] = []
+    for batch in batches:
+        if merged and (len(batch) < world_size or len(merged[-1]) < world_size):
+            merged[-1] = merged[-1] + batch
+        else:
+            merged.append(batch)
+    if merged and len(merged[-1]) < world_size:
+        raise EncdecError(
+            f"{len(merged[-1])} training examples cannot be shared by {world_size} processes: "
+            "use more data or fewer processes"
+        )
+    return merged
+
+
+def shard(batch: list[int], rank: int, world_size: int) -> list[int]:
+    """Process `rank`'s share of a length-sorted batch: every `world_size`-th example.
+
+    Striding (not cutting into blocks) gives each process sentences of every length in the
+    batch, so all of them finish a step at about the same time.
+    """
+    return batch[rank::world_size]

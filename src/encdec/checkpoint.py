@@ -18,6 +18,8 @@ from encdec.errors import EncdecError
 FORMAT_VERSION = 1
 READABLE_VERSIONS = (1,)
 REQUIRED_KEYS = ("format_version", "model", "config", "src_vocab", "trg_vocab")
+# what translating needs besides the weights; the rest of last.pt is training state
+TRANSLATION_KEYS = ("config", "src_vocab", "trg_vocab", "src_subwords", "trg_subwords")
 
 
 @contextlib.contextmanager
@@ -96,6 +98,7 @@ def rng_states(data_order: random.Random) -> dict:
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "data_order": data_order.getstate(),
     }
 
@@ -105,4 +108,33 @@ def restore_rng_states(states: dict, data_order: random.Random) -> None:
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"])
+    cuda_states = states.get("cuda", [])  # checkpoints from before GPUs were supported lack it
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
     data_order.setstate(states["data_order"])
+
+
+def average_checkpoints(paths: list[str | Path]) -> dict:
+    """One checkpoint whose weights are the mean of those of `paths` (same model and vocabularies).
+
+    Averaging the last few epochs' weights often scores a little better than any one of them
+    (Junczys-Dowmunt et al., 2016). Everything but the weights comes from the first checkpoint.
+    """
+    if not paths:
+        raise EncdecError("averaging needs at least one checkpoint")
+    first = load_checkpoint(paths[0])
+    total = {name: tensor.double() for name, tensor in first["model"].items()}
+    for path in paths[1:]:
+        state = load_checkpoint(path)
+        for key in ("src_vocab", "trg_vocab"):
+            if state[key] != first[key]:
+                raise EncdecError(f"{path} has another {key} than {paths[0]}: cannot average")
+        if state["config"]["model"] != first["config"]["model"]:
+            raise EncdecError(f"{path} has another model config than {paths[0]}: cannot average")
+        for name, tensor in state["model"].items():
+            total[name] += tensor.double()
+    averaged = {
+        name: (tensor / len(paths)).to(first["model"][name].dtype) for name, tensor in total.items()
+    }
+    translatable = {key: first[key] for key in first if key in TRANSLATION_KEYS}
+    return {**translatable, "model": averaged, "averaged_from": [str(path) for path in paths]}

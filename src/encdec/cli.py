@@ -21,6 +21,7 @@ EXAMPLES = {
     "data-stats": "encdec data-stats --data-dir ../shared/data/multi30k --src de --trg en",
     "demo": "encdec demo",
     "download": "encdec download --langs de en",
+    "average": "encdec average runs/attention/epoch_01[3-5].pt --output runs/attention/avg.pt",
     "plot": "encdec plot curves runs/seed; "
     'encdec plot attention runs/attention/best.pt "Ein Mann fährt Fahrrad."',
 }
@@ -33,6 +34,7 @@ DEMO_CONFIG = {
     "decoding": {"max_len": 10},
 }
 # Bars are drawn on stderr only when it is a terminal; --quiet turns them off there too.
+DEVICE_HELP = "auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"
 QUIET_HELP = "no progress bars on stderr"
 
 DEMO_SENTENCES = [
@@ -76,9 +78,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from encdec.training import train
 
     if args.resume:
-        train(_resumed_config(args), args.resume, quiet=args.quiet, resume=True)
+        train(_resumed_config(args), args.resume, quiet=args.quiet, resume=True, device=args.device)
     else:
-        train(_config_from_args(args), args.out, quiet=args.quiet)
+        train(_config_from_args(args), args.out, quiet=args.quiet, device=args.device)
 
 
 def _resumed_config(args: argparse.Namespace):
@@ -96,7 +98,7 @@ def _resumed_config(args: argparse.Namespace):
 def cmd_translate(args: argparse.Namespace) -> None:
     from encdec.translator import Translator
 
-    translator = Translator.load(args.checkpoint, int8=args.int8)
+    translator = Translator.load(args.checkpoint, int8=args.int8, device=args.device)
     source = data.read_lines(args.input) if args.input else data.split_lines(sys.stdin.read())
     with silence_bars(args.quiet):
         translations = translator.translate(source, seed=args.seed, **_decoding_options(args))
@@ -119,7 +121,12 @@ def _decoding_options(args: argparse.Namespace) -> dict:
     }
 
 
+def _add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
 def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
+    _add_device_option(parser)
     parser.add_argument("--beam", type=int, help="beam search with this many beams (1 = greedy)")
     parser.add_argument(
         "--length-penalty", type=float, help="beams are ranked by log-probability / length ** this"
@@ -143,7 +150,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from encdec.corpus import read_splits
     from encdec.translator import Translator
 
-    translator = Translator.load(args.checkpoint)
+    translator = Translator.load(args.checkpoint, device=args.device)
     if args.src and args.ref:
         pairs = data.read_parallel(args.src, args.ref)
     else:
@@ -211,6 +218,13 @@ def cmd_download(args: argparse.Namespace) -> None:
         print(path)
 
 
+def cmd_average(args: argparse.Namespace) -> None:
+    from encdec.checkpoint import average_checkpoints, save_checkpoint
+
+    save_checkpoint(average_checkpoints(args.checkpoints), args.output)
+    print(f"{args.output}: the mean of {len(args.checkpoints)} checkpoints' weights")
+
+
 def cmd_plot(args: argparse.Namespace) -> None:
     from encdec import plots
 
@@ -270,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser.add_argument(
         "--quiet", action="store_true", help="log to train.log only; no progress bars"
     )
+    _add_device_option(train_parser)
 
     translate_parser = verb(
         "translate", "translate sentences (stdin or --input), one per line", cmd_translate
@@ -320,6 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     download_parser.add_argument(
         "--langs", nargs="+", default=list(data.MULTI30K_LANGS), choices=data.MULTI30K_LANGS
     )
+    average_parser = verb(
+        "average", "average the weights of checkpoints of one run into one", cmd_average
+    )
+    average_parser.add_argument(
+        "checkpoints", nargs="+", help="epoch_NNN.pt files (training.keep_checkpoints) or others"
+    )
+    average_parser.add_argument("--output", required=True, help="the averaged checkpoint to write")
     _add_plot_parser(verb)
     return parser
 

@@ -73,6 +73,9 @@ class TrainingConfig:
     patience: int | None = None  # stop after this many epochs without improvement; None: never
     select_by: str = "loss"  # loss | bleu: the validation metric for best.pt, plateau, stopping
     save_every_steps: int | None = None  # also write last.pt every this many batches; None: epochs
+    keep_checkpoints: int = 0  # also keep the weights of the last N epochs, for averaging
+    precision: str = "fp32"  # fp32 | bf16 | fp16: automatic mixed precision (CUDA only)
+    compile: bool = False  # torch.compile the encoder and decoder
 
 
 @dataclass
@@ -106,6 +109,7 @@ CHOICES = {
     ("model", "attention"): ("none", "dot", "general", "additive"),
     ("training", "lr_schedule"): ("none", "plateau", "warmup_decay"),
     ("training", "select_by"): ("loss", "bleu"),
+    ("training", "precision"): ("fp32", "bf16", "fp16"),
 }
 POSITIVE = {
     ("data", "min_freq"),
@@ -130,7 +134,11 @@ POSITIVE = {
     ("decoding", "top_k"),
     ("decoding", "beam_size"),
 }
-NON_NEGATIVE = {("training", "lr_patience"), ("training", "min_lr")}
+NON_NEGATIVE = {
+    ("training", "lr_patience"),
+    ("training", "min_lr"),
+    ("training", "keep_checkpoints"),
+}
 FRACTIONS = {
     ("model", "dropout"),
     ("training", "teacher_forcing_ratio"),

@@ -197,15 +197,17 @@ def decode_examples(
     Each example gets its `n_best` hypotheses (one, unless beam search is asked for more).
     """
     model.eval()
+    device = next(model.parameters()).device
     outputs: list[list[Hypothesis]] = [[] for _ in examples]
     batches = evaluation_batches(examples, decoding.batch_size)
     for indices in progress_bar(batches, desc="translating", unit="batch", leave=False):
         batch = collate(examples, indices, trg_vocab.pad_idx)
+        src = batch.src.to(device)
         ends = (trg_vocab.sos_idx, trg_vocab.eos_idx, decoding.max_len)
         if decoding.beam_size > 1:
             hypotheses = beam_search(
                 model,
-                batch.src,
+                src,
                 batch.src_lengths,
                 *ends,
                 decoding.beam_size,
@@ -217,7 +219,7 @@ def decode_examples(
                 [hypothesis]
                 for hypothesis in decode(
                     model,
-                    batch.src,
+                    src,
                     batch.src_lengths,
                     *ends,
                     decoding.temperature,

@@ -28,6 +28,7 @@ import torch
 import yaml
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
 from tqdm import tqdm
 
@@ -37,6 +38,8 @@ from encdec.batching import (
     collate,
     evaluation_batches,
     padding_fraction,
+    shard,
+    splittable,
 )
 from encdec.checkpoint import (
     atomic_file,
@@ -47,6 +50,15 @@ from encdec.checkpoint import (
 )
 from encdec.config import Config, TrainingConfig, from_dict
 from encdec.corpus import Corpus, build_corpus
+from encdec.distributed import (
+    Processes,
+    check_replicas_agree,
+    from_main,
+    gathered,
+    job,
+    run_on_main,
+    sum_across,
+)
 from encdec.errors import EncdecError
 from encdec.metrics import bleu, chrf, perplexity
 from encdec.model import Seq2Seq, build_model, count_parameters
@@ -134,41 +146,64 @@ class NonFiniteLoss(EncdecError):
 
 
 def optimizer_step(
-    model: Seq2Seq,
+    model: nn.Module,
     loss: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     clip: float,
     scheduler: LRScheduler | None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
     """One optimizer step on `loss`, the gradient norm clipped to `clip`; then the lr schedule's.
 
     Raises NonFiniteLoss, before any weight changes, when the loss or gradient is not finite.
+    With fp16's gradient `scaler`, an overflowing gradient is not an error: the scaler skips
+    that step and lowers its scale.
     """
     optimizer.zero_grad()
-    loss.backward()
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
     gradient_norm = nn.utils.clip_grad_norm_(model.parameters(), clip)
-    if not (torch.isfinite(loss) and torch.isfinite(gradient_norm)):
+    if not torch.isfinite(loss) or scaler is None and not torch.isfinite(gradient_norm):
         raise NonFiniteLoss(
             f"the loss is {loss.item():.4g} and its gradient norm {gradient_norm.item():.4g}"
         )
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
     if scheduler is not None:
         scheduler.step()
 
 
+AUTOCAST_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def mixed_precision(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast to `precision` (bf16 or fp16) on `device`; no change for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AUTOCAST_TYPES[precision])
+
+
 def batch_losses(
-    model: Seq2Seq,
+    model: nn.Module,
     examples: Sequence[Example],
     indices: list[int],
     pad_idx: int,
     teacher_forcing_ratio: float,
     label_smoothing: float = 0.0,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One batch through the model: summed plain and smoothed losses, and the target tokens."""
     batch = collate(examples, indices, pad_idx)
-    logits = model(batch.src, batch.src_lengths, batch.trg, teacher_forcing_ratio)
+    device = next(model.parameters()).device
+    src, trg = batch.src.to(device), batch.trg.to(device)
+    with mixed_precision(device, precision):
+        logits = model(src, batch.src_lengths, trg, teacher_forcing_ratio)
     # The shifted loss: the prediction at step t is scored against trg[t + 1].
-    loss_sum, smoothed_sum = token_losses(logits, batch.trg[1:], pad_idx, label_smoothing)
+    loss_sum, smoothed_sum = token_losses(logits.float(), trg[1:], pad_idx, label_smoothing)
     return loss_sum, smoothed_sum, batch.n_target_tokens
 
 
@@ -225,9 +260,12 @@ def _serialized_subwords(tokenizer: Tokenizer) -> str | None:
     return tokenizer.subwords.serialized if tokenizer.subwords is not None else None
 
 
-def _setup_logging(out_dir: Path, quiet: bool) -> None:
-    log.setLevel(logging.INFO)
+def _setup_logging(out_dir: Path, quiet: bool, processes: Processes) -> None:
+    """train.log (and stderr unless `quiet`) on rank 0; the other processes log only warnings."""
     log.handlers.clear()
+    log.setLevel(logging.INFO if processes.is_main else logging.WARNING)
+    if not processes.is_main:
+        return
     file_handler = logging.FileHandler(out_dir / "train.log", encoding="utf-8")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(file_handler)
@@ -356,10 +394,14 @@ def _stops_early(selection: Selection, patience: int | None, epoch: int) -> bool
     return True
 
 
-def _test_best(model: Seq2Seq, corpus: Corpus, config: Config, out_dir: Path) -> dict:
-    """Load best.pt into `model` and score it on the test split."""
-    model.load_state_dict(load_checkpoint(out_dir / "best.pt")["model"])
-    test = evaluate_split(model, corpus, "test", config)
+def _test_best(run: Run) -> dict:
+    """Load best.pt into the model and score it on the test split (on rank 0; all get it)."""
+    return run_on_main(partial(_test_checkpoint, run, run.out_dir / "best.pt"), run.processes)
+
+
+def _test_checkpoint(run: Run, path: Path) -> dict:
+    run.model.load_state_dict(load_checkpoint(path)["model"])
+    test = evaluate_split(run.model, run.corpus, "test", run.config)
     log.info(
         "test (best checkpoint): teacher forcing off loss %.3f ppl %.2f | "
         "teacher-forced ppl %.2f | BLEU %.2f chrF %.2f",
@@ -420,6 +462,9 @@ class Run:
     data_order: random.Random  # draws each epoch's batch order
     progress: Progress
     out_dir: Path
+    processes: Processes  # this process's rank among those of a torchrun job, and its device
+    trainable: nn.Module  # the model, wrapped in DistributedDataParallel when there are several
+    scaler: torch.amp.GradScaler | None = None  # fp16's gradient scaler
     board: SummaryWriter | None = None  # TensorBoard's writer while training, if installed
 
 
@@ -443,18 +488,22 @@ class StopSignals:
             raise KeyboardInterrupt
         self.signal_number = signal_number
 
-    def raise_if_requested(self, run: Run) -> None:
-        """Raise TrainingStopped when a signal came; last.pt must hold the current state."""
-        if self.signal_number is None:
-            return
-        progress, name = run.progress, signal.Signals(self.signal_number).name
+    def requested(self, processes: Processes) -> bool:
+        """Whether a signal came to any process: all of them stop at the same step."""
+        (votes,) = sum_across([float(self.signal_number is not None)], processes)
+        return votes > 0
+
+    def raise_stopped(self, run: Run) -> None:
+        """Raise TrainingStopped; last.pt must hold the current state."""
+        number = self.signal_number or signal.SIGTERM  # the signal may have come to another rank
+        progress, name = run.progress, signal.Signals(number).name
         message = (
             f"stopped by {name} at epoch {progress.epoch}, step {progress.step} of "
             f"{len(progress.batches)}; last.pt is saved: continue with "
             f"`encdec train --resume {run.out_dir}`"
         )
         log.info(message)
-        raise TrainingStopped(message, 128 + self.signal_number)
+        raise TrainingStopped(message, 128 + number)
 
 
 @contextlib.contextmanager
@@ -473,13 +522,36 @@ def _stop_signals() -> Iterator[StopSignals]:
             signal.signal(number, signal.SIG_DFL if handler is None else handler)
 
 
-def _build_run(config: Config, out_dir: Path) -> Run:
+def _check_precision(precision: str, device: torch.device) -> None:
+    if precision != "fp32" and device.type != "cuda":
+        raise EncdecError(
+            f"training.precision {precision} is mixed precision for CUDA GPUs; "
+            f"on {device} use fp32 (the default)"
+        )
+
+
+def _parallel(model: Seq2Seq, processes: Processes) -> nn.Module:
+    """The model as the training step calls it: one replica per process, gradients averaged."""
+    if not processes.distributed:
+        return model
+    device_ids = [processes.device] if processes.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _build_run(config: Config, out_dir: Path, processes: Processes) -> Run:
     """A fresh run of `config`: seeded, with corpus, model, optimizer and schedules."""
-    seed_everything(config.training.seed)
+    settings = config.training
+    _check_precision(settings.precision, processes.device)
+    seed_everything(settings.seed)
     corpus = build_corpus(config.data)
     model = build_model(config.model, len(corpus.src_vocab), len(corpus.trg_vocab))
+    model.to(processes.device)
     _describe(corpus, model)
-    settings = config.training
+    if processes.rank:  # same initial weights everywhere, but each process its own dropout
+        torch.manual_seed(settings.seed + processes.rank)
+    if settings.compile:
+        model.encoder.compile(dynamic=True)
+        model.decoder.compile(dynamic=True)
     optimizer = make_optimizer(model, settings.lr)
     return Run(
         config=config,
@@ -492,6 +564,11 @@ def _build_run(config: Config, out_dir: Path) -> Run:
         data_order=random.Random(settings.seed),
         progress=Progress(),
         out_dir=out_dir,
+        processes=processes,
+        trainable=_parallel(model, processes),
+        scaler=torch.amp.GradScaler(processes.device.type)
+        if settings.precision == "fp16"
+        else None,
     )
 
 
@@ -499,8 +576,8 @@ def _build_run(config: Config, out_dir: Path) -> Run:
 def _reporting(run: Run) -> Iterator[tqdm]:
     """While training: a bar over epochs, and TensorBoard's writer open."""
     done = run.progress.epochs_done
-    # one process writes logs today; with several, only the logging one would open a writer
-    run.board = tensorboard_writer(run.out_dir / "tensorboard", first_epoch=done + 1)
+    if run.processes.is_main:
+        run.board = tensorboard_writer(run.out_dir / "tensorboard", first_epoch=done + 1)
     total = run.config.training.epochs
     epoch_bar = progress_bar(total=total, initial=done, desc="epochs", unit="epoch")
     try:
@@ -511,18 +588,23 @@ def _reporting(run: Run) -> Iterator[tqdm]:
             run.board.close()
 
 
-def _new_run(config: Config, out_dir: Path) -> Run:
+def _new_run(config: Config, out_dir: Path, processes: Processes) -> Run:
     """Start a run in `out_dir`: its config.yaml written, any old metrics.jsonl removed."""
-    run = _build_run(config, out_dir)
-    (out_dir / "config.yaml").write_text(
-        yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8"
-    )
-    (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    run = _build_run(config, out_dir, processes)
+    if processes.is_main:
+        (out_dir / "config.yaml").write_text(
+            yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8"
+        )
+        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
     return run
 
 
 def _resume_state(run: Run) -> dict:
-    """What last.pt holds: a translatable checkpoint plus every state the run goes on from."""
+    """What last.pt holds: a translatable checkpoint plus every state the run goes on from.
+
+    Every process must call it: with several, it gathers each one's random generators.
+    """
+    by_rank = gathered(rng_states(run.data_order), run.processes)
     return checkpoint_state(
         run.model,
         run.corpus,
@@ -530,7 +612,9 @@ def _resume_state(run: Run) -> dict:
         optimizer=run.optimizer.state_dict(),
         per_batch_scheduler=None if run.per_batch is None else run.per_batch.state_dict(),
         per_epoch_scheduler=None if run.per_epoch is None else run.per_epoch.state_dict(),
-        rng=rng_states(run.data_order),
+        rng=by_rank[0],
+        rng_by_rank=by_rank,
+        scaler=None if run.scaler is None else run.scaler.state_dict(),
         selection=dataclasses.asdict(run.selection),
         **dataclasses.asdict(run.progress),
     )
@@ -577,17 +661,36 @@ def _restore(run: Run, state: dict) -> None:
         run.per_batch.load_state_dict(state["per_batch_scheduler"])
     if run.per_epoch is not None:
         run.per_epoch.load_state_dict(state["per_epoch_scheduler"])
+    if run.scaler is not None and state.get("scaler") is not None:
+        run.scaler.load_state_dict(state["scaler"])
     run.selection = Selection(**state["selection"])
     run.progress = Progress(**{key.name: state[key.name] for key in dataclasses.fields(Progress)})
+    _restore_rng(run, state)
+
+
+def _restore_rng(run: Run, state: dict) -> None:
+    """Each process's generators as saved; rank 0's for all when the process count changed."""
+    by_rank = state.get("rng_by_rank") or [state["rng"]]
+    processes = run.processes
+    if len(by_rank) == processes.world_size:
+        restore_rng_states(by_rank[processes.rank], run.data_order)
+        return
     restore_rng_states(state["rng"], run.data_order)
+    log.warning(
+        "last.pt was saved by %d process(es), resumed by %d: the data order goes on as saved, "
+        "but dropout draws differ from an uninterrupted run",
+        len(by_rank),
+        processes.world_size,
+    )
 
 
-def _resumed_run(state: dict, config: Config | None, out_dir: Path) -> Run:
+def _resumed_run(state: dict, config: Config | None, out_dir: Path, processes: Processes) -> Run:
     """Rebuild the run last.pt describes; metrics.jsonl forgets the epochs it will redo."""
-    run = _build_run(_resume_config(from_dict(state["config"]), config), out_dir)
+    run = _build_run(_resume_config(from_dict(state["config"]), config), out_dir, processes)
     _restore(run, state)
     progress = run.progress
-    _keep_records_through(out_dir / "metrics.jsonl", progress.epochs_done)
+    if processes.is_main:
+        _keep_records_through(out_dir / "metrics.jsonl", progress.epochs_done)
     log.info(
         "resuming from last.pt: epoch %d, step %d of %d%s",
         progress.epoch,
@@ -623,6 +726,7 @@ def _begin_epoch(run: Run) -> None:
     batches = bucket_batches(
         examples, settings.batch_size, settings.bucket_pool, run.data_order, settings.batch_tokens
     )
+    batches = splittable(batches, run.processes.world_size)
     epoch = run.progress.epoch + 1
     if epoch == 1:
         padding = padding_fraction(examples, batches)
@@ -636,20 +740,28 @@ def _begin_epoch(run: Run) -> None:
 
 
 def _train_step(run: Run, indices: list[int]) -> None:
-    """One update on one batch; the epoch's loss, tokens, time and step move on with it."""
-    settings, progress = run.config.training, run.progress
+    """One update on one batch; the epoch's loss, tokens, time and step move on with it.
+
+    With several processes each one computes the loss of its share of the batch, and they all
+    take the same step: the one a single process would take on the whole batch.
+    """
+    settings, progress, processes = run.config.training, run.progress, run.processes
     start = time.perf_counter()
     loss_sum, smoothed_sum, n_tokens = batch_losses(
-        run.model,
+        run.trainable,
         run.corpus.examples["train"],
-        indices,
+        shard(indices, processes.rank, processes.world_size),
         run.corpus.trg_vocab.pad_idx,
         settings.teacher_forcing_ratio,
         settings.label_smoothing,
+        settings.precision,
     )
-    loss = smoothed_sum / n_tokens
+    batch_loss_sum, batch_tokens = sum_across([loss_sum.item(), n_tokens], processes)
+    # DDP averages the processes' gradients, so world_size / (the whole batch's tokens) turns
+    # that average into the gradient of the whole batch's mean loss
+    loss = smoothed_sum * processes.world_size / batch_tokens
     try:
-        optimizer_step(run.model, loss, run.optimizer, settings.clip, run.per_batch)
+        optimizer_step(run.trainable, loss, run.optimizer, settings.clip, run.per_batch, run.scaler)
     except NonFiniteLoss as error:
         last = run.out_dir / "last.pt"
         kept = f"{last} keeps the last good state" if last.is_file() else "no last.pt is saved yet"
@@ -658,8 +770,8 @@ def _train_step(run: Run, indices: list[int]) -> None:
             f"the weights were not updated and {kept}. Try a lower training.lr or training.clip"
         ) from None
     progress.step += 1
-    progress.epoch_loss_sum += loss_sum.item()
-    progress.epoch_tokens += n_tokens
+    progress.epoch_loss_sum += batch_loss_sum
+    progress.epoch_tokens += int(batch_tokens)
     progress.epoch_seconds += time.perf_counter() - start
 
 
@@ -668,7 +780,7 @@ def _train_epoch(run: Run, stop: StopSignals) -> None:
     if run.progress.validated:
         _begin_epoch(run)
     progress, every = run.progress, run.config.training.save_every_steps
-    run.model.train()
+    run.trainable.train()
     remaining = progress.batches[progress.step :]
     bar = progress_bar(
         remaining,
@@ -683,9 +795,17 @@ def _train_epoch(run: Run, stop: StopSignals) -> None:
             loss=f"{progress.epoch_loss_sum / progress.epoch_tokens:.3f}",
             tok_s=f"{progress.epoch_tokens / progress.epoch_seconds:.0f}",
         )
-        if stop.signal_number is not None or (every and progress.step % every == 0):
-            save_checkpoint(_resume_state(run), run.out_dir / "last.pt")
-        stop.raise_if_requested(run)
+        stopping = stop.requested(run.processes)
+        if stopping or (every and progress.step % every == 0):
+            _save(_resume_state(run), run, "last.pt")
+        if stopping:
+            stop.raise_stopped(run)
+
+
+def _save(state: dict, run: Run, name: str) -> None:
+    """Write a checkpoint into the run directory: rank 0 does, the others have the same one."""
+    if run.processes.is_main:
+        save_checkpoint(state, run.out_dir / name)
 
 
 def _epoch_record(run: Run) -> dict:
@@ -708,8 +828,12 @@ def _end_epoch(run: Run, stop: StopSignals) -> None:
     """Validate, log, keep best.pt, step the plateau schedule, decide to stop; save last.pt."""
     progress, settings, selection = run.progress, run.config.training, run.selection
     progress.train_seconds_total += progress.epoch_seconds
-    record = _epoch_record(run)
-    _log_record(record, settings.epochs, run.out_dir / "metrics.jsonl")
+    record = run_on_main(partial(_epoch_record, run), run.processes)  # validation, once
+    if run.processes.distributed:
+        when = f"after epoch {progress.epoch}"
+        record["parameters_sha256"] = check_replicas_agree(run.model, run.processes, when)
+    if run.processes.is_main:
+        _log_record(record, settings.epochs, run.out_dir / "metrics.jsonl")
     if run.board is not None:
         _write_scalars(run.board, record)
     is_best = selection.observe(record)
@@ -721,9 +845,22 @@ def _end_epoch(run: Run, stop: StopSignals) -> None:
     )
     state = _resume_state(run)
     if is_best:  # best.pt before last.pt: a crash between them redoes this epoch's end
-        save_checkpoint({**state, selection.key: selection.best}, run.out_dir / "best.pt")
-    save_checkpoint(state, run.out_dir / "last.pt")
-    stop.raise_if_requested(run)
+        _save({**state, selection.key: selection.best}, run, "best.pt")
+    if settings.keep_checkpoints:
+        _keep_epoch_weights(run, settings.keep_checkpoints)
+    _save(state, run, "last.pt")
+    if stop.requested(run.processes):
+        stop.raise_stopped(run)
+
+
+def _keep_epoch_weights(run: Run, keep: int) -> None:
+    """epoch_NNN.pt: this epoch's translatable weights; only the last `keep` of them stay."""
+    epoch = run.progress.epoch
+    weights = checkpoint_state(run.model, run.corpus, run.config, epoch=epoch)
+    _save(weights, run, f"epoch_{epoch:03d}.pt")
+    if run.processes.is_main:
+        for old in sorted(run.out_dir.glob("epoch_[0-9][0-9][0-9].pt"))[:-keep]:
+            old.unlink()
 
 
 def _writable_run_dir(out_dir: Path) -> None:
@@ -753,29 +890,43 @@ def train(
     out_dir: str | Path | None = None,
     quiet: bool = False,
     resume: bool = False,
+    device: str = "auto",
 ) -> dict:
     """Train the model `config` describes, or with `resume` go on from out_dir/last.pt.
 
     Writes last.pt, best.pt, metrics.jsonl, train.log (and tensorboard/, if it is installed)
     into `out_dir` (default: a new runs/YYYYmmdd-HHMMSS); `quiet` keeps logs and progress bars
-    off stderr. Returns the best model's test scores.
+    off stderr. `device` is auto, cpu, cuda or cuda:N. Under torchrun every process calls this;
+    they train one model together. Returns the best model's test scores.
     """
     if out_dir is None and resume:
         raise EncdecError("resuming needs the run directory to go on from")
-    out_dir = Path(out_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-    state = _load_last(out_dir) if resume else None
-    if config is None and state is None:
+    if config is None and not resume:
         raise EncdecError("train needs a config, unless it resumes a run")
-    _writable_run_dir(out_dir)
-    _setup_logging(out_dir, quiet)
-    log.info("run directory: %s", out_dir)
-    run = _new_run(config, out_dir) if state is None else _resumed_run(state, config, out_dir)
-    del state  # the saved tensors now live in the run
-    _free_space_for_checkpoints(out_dir, run.model)
-    with silence_bars(quiet):
-        with _stop_signals() as stop, _reporting(run) as epoch_bar:
-            while not run.progress.finished:
-                _train_epoch(run, stop)
-                _end_epoch(run, stop)
-                epoch_bar.update()
-        return _test_best(run.model, run.corpus, run.config, out_dir)
+    with job(device) as processes:
+        default_dir = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        out_dir = Path(out_dir or from_main(default_dir, processes))
+        state = run_on_main(partial(_load_last, out_dir), processes) if resume else None
+        run_on_main(partial(_writable_run_dir, out_dir), processes)
+        _setup_logging(out_dir, quiet, processes)
+        log.info("run directory: %s", out_dir)
+        if processes.distributed:
+            log.info(
+                "processes: %d (%s), one per %s",
+                processes.world_size,
+                "nccl" if processes.device.type == "cuda" else "gloo",
+                processes.device.type,
+            )
+        if state is None:
+            run = _new_run(config, out_dir, processes)
+        else:
+            run = _resumed_run(state, config, out_dir, processes)
+        del state  # the saved tensors now live in the run
+        run_on_main(partial(_free_space_for_checkpoints, out_dir, run.model), processes)
+        with silence_bars(quiet or not processes.is_main):
+            with _stop_signals() as stop, _reporting(run) as epoch_bar:
+                while not run.progress.finished:
+                    _train_epoch(run, stop)
+                    _end_epoch(run, stop)
+                    epoch_bar.update()
+            return _test_best(run)

@@ -1,0 +1,242 @@
+"""Tests for data-parallel training with torchrun (2 CPU processes, gloo on 127.0.0.1), devices
+and mixed precision. The CUDA tests skip on a machine without a GPU."""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from encdec.batching import shard, splittable
+from encdec.checkpoint import load_checkpoint
+from encdec.config import from_dict
+from encdec.distributed import resolve_device, weights_sha256
+from encdec.errors import EncdecError
+from encdec.training import train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ENTRY = Path(__file__).with_name("distributed_entry.py")
+EPOCHS = 2
+# no dropout and full teacher forcing: one process and two then compute the same thing
+RECIPE = {
+    "data": {"dataset": "toy", "src_lang": "en", "trg_lang": "es", "min_freq": 1},
+    "model": {"embedding_dim": 16, "hidden_dim": 32, "num_layers": 2, "dropout": 0.0},
+    "training": {
+        "epochs": EPOCHS,
+        "batch_size": 8,  # 107 toy pairs: 13 batches of 8 and one of 3, all shareable by two
+        "lr": 0.003,
+        "teacher_forcing_ratio": 1.0,
+        "save_every_steps": 1,
+    },
+    "decoding": {"max_len": 8},
+}
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def torchrun(*args: str) -> list[str]:
+    """The command for 2 processes on this machine, rendezvous on 127.0.0.1."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(ENTRY),
+        *map(str, args),
+    ]
+
+
+def environment(writes: Path) -> dict:
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),  # stay on loopback
+        "ENCDEC_TEST_WRITES": str(writes),
+    }
+
+
+def train_command(config_path: Path, run_dir: Path) -> list[str]:
+    return torchrun("encdec", "train", "--config", config_path, "--out", run_dir, "--quiet")
+
+
+def write_config(folder: Path) -> Path:
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(RECIPE), encoding="utf-8")
+    return path
+
+
+def records(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, one_torch_thread) -> Path:
+    run_dir = tmp_path_factory.mktemp("one_process")
+    train(from_dict(RECIPE), run_dir, quiet=True)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> Path:
+    """A run of RECIPE by 2 processes; the folder holds run/ and the writes-rank*.txt notes."""
+    folder = tmp_path_factory.mktemp("two_processes")
+    command = train_command(write_config(folder), folder / "run")
+    done = subprocess.run(
+        command, env=environment(folder), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
+def test_two_processes_follow_the_loss_trajectory_of_one(one_process, two_processes):
+    single, double = records(one_process), records(two_processes / "run")
+    assert [r["epoch"] for r in double] == list(range(1, EPOCHS + 1))
+    for alone, together in zip(single, double):
+        for key in ("train_loss", "valid_loss", "valid_teacher_forced_loss"):
+            assert together[key] == pytest.approx(alone[key], rel=1e-4), key
+    weights_alone = load_checkpoint(one_process / "last.pt")["model"]
+    weights_together = load_checkpoint(two_processes / "run" / "last.pt")["model"]
+    for name, tensor in weights_alone.items():
+        torch.testing.assert_close(weights_together[name], tensor, atol=1e-4, rtol=1e-4)
+
+
+def test_both_processes_hold_identical_weights_after_every_epoch(two_processes):
+    fingerprints = [record["parameters_sha256"] for record in records(two_processes / "run")]
+    assert len(fingerprints) == EPOCHS and len(set(fingerprints)) == EPOCHS  # weights moved
+    saved = load_checkpoint(two_processes / "run" / "last.pt")["model"]
+    assert fingerprints[-1] == weights_sha256(saved)  # rank 0 saved what both agreed on
+
+
+def test_only_rank_0_writes_checkpoints_and_logs(two_processes):
+    assert not (two_processes / "writes-rank1.txt").exists()
+    written = (two_processes / "writes-rank0.txt").read_text(encoding="utf-8").split()
+    assert set(written) == {"last.pt", "best.pt"}
+    run_dir = two_processes / "run"
+    assert {p.name for p in run_dir.iterdir()} == {
+        "best.pt",
+        "last.pt",
+        "config.yaml",
+        "metrics.jsonl",
+        "train.log",
+    }
+    log = (run_dir / "train.log").read_text(encoding="utf-8")
+    assert log.count(f"epoch  1/{EPOCHS}") == 1 and log.count("test (best checkpoint)") == 1
+    assert "processes: 2 (gloo), one per cpu" in log
+
+
+def test_distributed_run_resumes_after_sigterm_to_the_same_weights(tmp_path, two_processes):
+    run_dir = tmp_path / "run"
+    command = train_command(write_config(tmp_path), run_dir)
+    process = subprocess.Popen(
+        command, env=environment(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 180
+    while not (run_dir / "last.pt").is_file() or load_checkpoint(run_dir / "last.pt")["step"] < 3:
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # torchrun passes it on to both processes
+    process.communicate(timeout=120)
+    stopped = load_checkpoint(run_dir / "last.pt")
+    assert not stopped["finished"] and len(stopped["rng_by_rank"]) == 2
+    resumed = subprocess.run(
+        torchrun("encdec", "train", "--resume", run_dir, "--quiet"),
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = load_checkpoint(run_dir / "last.pt")["model"]
+    uninterrupted = load_checkpoint(two_processes / "run" / "last.pt")["model"]
+    assert weights_sha256(final) == weights_sha256(uninterrupted)
+
+
+def test_replicas_with_different_weights_are_caught(tmp_path):
+    done = subprocess.run(
+        torchrun("diverge"), env=environment(tmp_path), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    agreed = [line for line in done.stdout.splitlines() if " agree: " in line]
+    assert len(agreed) == 2 and len({line.split(": ")[1] for line in agreed}) == 1
+    for rank in (0, 1):
+        assert f"rank {rank} error: after the nudge: the weights of rank(s) [1] differ" in (
+            done.stdout
+        )
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 8])
+def test_batch_shares_cover_every_example_once_with_equal_batch_counts(world_size):
+    rng = random.Random(world_size)
+    batches = [list(range(start, start + rng.randint(1, 9))) for start in range(0, 400, 10)]
+    shareable = splittable(batches, world_size)
+    assert all(len(batch) >= world_size for batch in shareable)
+    shares = [[shard(batch, rank, world_size) for batch in shareable] for rank in range(world_size)]
+    seen = sorted(i for rank_shares in shares for share in rank_shares for i in share)
+    assert seen == sorted(i for batch in batches for i in batch)  # each example once
+    assert len({len(rank_shares) for rank_shares in shares}) == 1  # same number of steps
+    assert all(share for rank_shares in shares for share in rank_shares)  # none empty
+    if world_size == 1:
+        assert shareable == batches
+
+
+def test_too_few_examples_for_the_processes_is_a_clear_error():
+    with pytest.raises(EncdecError, match="2 training examples cannot be shared by 3 processes"):
+        splittable([[0, 1]], 3)
+
+
+def test_device_names_are_checked():
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(EncdecError, match="has 0 CUDA device"):
+            resolve_device("cuda:1")
+    with pytest.raises(EncdecError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_the_cpu_is_a_clear_error(tmp_path, precision):
+    config = from_dict({**RECIPE, "training": RECIPE["training"] | {"precision": precision}})
+    with pytest.raises(EncdecError, match=f"training.precision {precision} .* use fp32"):
+        train(config, tmp_path, quiet=True, device="cpu")
+
+
+@needs_cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_training_on_cuda_learns_in_every_precision(tmp_path, precision):
+    settings = RECIPE["training"] | {"precision": precision, "epochs": 3}
+    config = from_dict({**RECIPE, "training": settings})
+    train(config, tmp_path, quiet=True, device="cuda")
+    losses = [record["train_loss"] for record in records(tmp_path)]
+    assert losses[-1] < losses[0]
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert (state["scaler"] is not None) == (precision == "fp16")
+    assert all(tensor.device.type == "cpu" for tensor in state["model"].values())
+
+
+@needs_cuda
+def test_translator_on_cuda_matches_the_cpu(demo_checkpoint):
+    from encdec.translator import Translator
+
+    sentences = ["good morning", "thank you very much", "see you tomorrow"]
+    on_cpu = Translator.load(demo_checkpoint, device="cpu").translate(sentences)
+    on_gpu = Translator.load(demo_checkpoint, device="cuda").translate(sentences)
+    assert on_gpu == on_cpu
