@@ -7,6 +7,7 @@ else running.
 
     python benchmarks/speed.py --data-dir ../shared/data/multi30k            # full, ~15 min
     python benchmarks/speed.py --data-dir ../shared/data/multi30k --quick    # ~1 min
+    python benchmarks/speed.py --recipe configs/multi30k_attention.yaml      # a recipe alone
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference  # noqa: E402
 
 from encdec.batching import bucket_batches, collate  # noqa: E402
-from encdec.config import DataConfig, DecodingConfig, ModelConfig  # noqa: E402
+from encdec.config import DataConfig, DecodingConfig, ModelConfig, load_config  # noqa: E402
 from encdec.corpus import build_corpus  # noqa: E402
 from encdec.model import build_model  # noqa: E402
 from encdec.search import decode_examples  # noqa: E402
@@ -127,15 +128,55 @@ def report(name: str, reference_values: list[float], encdec_values: list[float],
     )
 
 
+# JoeyNMT 2.3.0's standard recurrent model (bi-LSTM 512 + Luong attention, 21M parameters,
+# batch 128) on this CPU, as issue #4 quotes it; not measured by this script.
+JOEYNMT_TOKENS_PER_S = 520
+
+
+def report_recipe(config_path: str, data_dir: str, n_batches: int, rounds: int) -> None:
+    """Training tokens/s of a recipe's model with its own batch size and training settings."""
+    config = load_config(config_path, [f"data.data_dir={data_dir}"])
+    corpus = build_corpus(config.data)
+    torch.manual_seed(0)
+    model = build_model(config.model, len(corpus.src_vocab), len(corpus.trg_vocab))
+    settings = config.training
+    optimizer = make_optimizer(model, settings.lr)
+    rng, train, rates = random.Random(0), corpus.examples["train"], []
+    for _ in range(rounds):
+        batches = bucket_batches(train, settings.batch_size, settings.bucket_pool, rng)
+        result = run_epoch(
+            model,
+            train,
+            batches[:n_batches],
+            corpus.trg_vocab.pad_idx,
+            settings.teacher_forcing_ratio,
+            optimizer,
+            settings.clip,
+            label_smoothing=settings.label_smoothing,
+        )
+        rates.append(result.tokens / result.seconds)
+    median = statistics.median(rates)
+    print(
+        f"{config_path} training: {median:,.0f} target tokens/s "
+        f"(min {min(rates):,.0f}, max {max(rates):,.0f}, {rounds} rounds of {n_batches} batches); "
+        f"{median / JOEYNMT_TOKENS_PER_S:.1f}x JoeyNMT's quoted {JOEYNMT_TOKENS_PER_S}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default="../shared/data/multi30k")
     parser.add_argument("--quick", action="store_true", help="few batches and sentences (~1 min)")
     parser.add_argument("--rounds", type=int, help="alternating rounds per figure")
     parser.add_argument("--checkpoint", help="trained best.pt: also measure int8's BLEU cost")
+    parser.add_argument("--recipe", help="a config: measure only its training tokens/s")
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 3)
     train_batches = 4 if args.quick else 25
+    if args.recipe:
+        print(f"command: python benchmarks/speed.py {' '.join(sys.argv[1:])}")
+        report_recipe(args.recipe, args.data_dir, train_batches, rounds)
+        return
     sentences = 60 if args.quick else 1000
     print(f"command: python benchmarks/speed.py {' '.join(sys.argv[1:])}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {rounds} rounds")
@@ -210,8 +251,10 @@ def main() -> None:
     report("int8 translation vs fp32 batched", encdec_rates, int8_rates, "sent/s")
     encoder_macs, decoder_macs = macs_per_token(encdec_model)
     flops = sum(2 * (len(src) * encoder_macs + 25 * decoder_macs) for src, _ in test) / len(test)
-    print(f"fp32 ceiling at the matmul peak, 25 decoder steps: {peak * 1e9 / flops:,.0f} sent/s "
-          f"({flops / 1e6:.0f} MFLOP per sentence)")
+    print(
+        f"fp32 ceiling at the matmul peak, 25 decoder steps: {peak * 1e9 / flops:,.0f} sent/s "
+        f"({flops / 1e6:.0f} MFLOP per sentence)"
+    )
     if args.checkpoint:
         report_int8_bleu(args.checkpoint, args.data_dir)
 
