@@ -914,7 +914,7 @@ def train(
             log.info(
                 "processes: %d (%s), one per %s",
                 processes.world_size,
-                "nccl" if processes.device.type == "cuda" else "gloo",
+                torch.distributed.get_backend(),
                 processes.device.type,
             )
         if state is None:
