@@ -29,17 +29,20 @@ def noting_writes(real_save):
 
 
 def diverge() -> None:
+    """Each rank writes what it saw to diverge-rank<RANK>.txt (stdout would interleave them)."""
     with job("cpu") as processes:
+        report = Path(os.environ["ENCDEC_TEST_WRITES"]) / f"diverge-rank{processes.rank}.txt"
         torch.manual_seed(0)
         model = nn.Linear(3, 2)
-        print(f"rank {processes.rank} agree: {check_replicas_agree(model, processes, 'start')}")
+        lines = [f"agree: {check_replicas_agree(model, processes, 'start')}"]
         if processes.rank == 1:
             with torch.no_grad():
                 model.bias[0] = torch.nextafter(model.bias[0], torch.tensor(1.0))  # one ulp
         try:
             check_replicas_agree(model, processes, "after the nudge")
         except EncdecError as error:
-            print(f"rank {processes.rank} error: {error}")
+            lines.append(f"error: {error}")
+        report.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

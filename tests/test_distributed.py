@@ -174,12 +174,13 @@ def test_replicas_with_different_weights_are_caught(tmp_path):
         torchrun("diverge"), env=environment(tmp_path), capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    agreed = [line for line in done.stdout.splitlines() if " agree: " in line]
-    assert len(agreed) == 2 and len({line.split(": ")[1] for line in agreed}) == 1
-    for rank in (0, 1):
-        assert f"rank {rank} error: after the nudge: the weights of rank(s) [1] differ" in (
-            done.stdout
-        )
+    reports = [
+        (tmp_path / f"diverge-rank{rank}.txt").read_text(encoding="utf-8").splitlines()
+        for rank in (0, 1)
+    ]
+    assert reports[0][0].startswith("agree: ") and reports[0][0] == reports[1][0]
+    for lines in reports:
+        assert lines[1].startswith("error: after the nudge: the weights of rank(s) [1] differ")
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 8])
