@@ -211,6 +211,29 @@ def test_resuming_a_finished_run_only_tests_it_and_accepts_moved_data(tmp_path, 
     assert not (tmp_path / "metrics.jsonl").exists()  # no epoch was trained again
 
 
+def test_a_finished_run_extended_with_epochs_equals_one_trained_that_long(tmp_path, uninterrupted):
+    train(from_dict(recipe(epochs=EPOCHS - 1)), tmp_path, quiet=True)
+    assert main(["train", "--resume", str(tmp_path), "--epochs", str(EPOCHS), "--quiet"]) == 0
+    assert_same_run(uninterrupted, tmp_path)
+    assert load_checkpoint(tmp_path / "last.pt")["config"]["training"]["epochs"] == EPOCHS
+
+
+def test_an_early_stopped_run_goes_on_when_resumed_with_more_patience(tmp_path):
+    # so small a learning rate never changes a greedy translation, so valid BLEU never improves:
+    # patience 1 stops after epoch 2
+    stalling = {"lr": 1e-9, "select_by": "bleu", "save_every_steps": None}
+    train(from_dict(recipe(**stalling, patience=1)), tmp_path, quiet=True)
+    assert [record["epoch"] for record in read_records(tmp_path)] == [1, 2]
+    train(from_dict(recipe(**stalling, patience=5)), tmp_path, quiet=True, resume=True)
+    assert [record["epoch"] for record in read_records(tmp_path)] == [1, 2, 3]
+
+
+def test_resume_with_fewer_epochs_than_trained_is_refused(tmp_path, uninterrupted):
+    shutil.copy(uninterrupted / "last.pt", tmp_path / "last.pt")
+    with pytest.raises(EncdecError, match="training.epochs 2: last.pt has already trained 3"):
+        train(None, tmp_path, quiet=True, resume=True, epochs=2)
+
+
 def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path, uninterrupted):
     shutil.copy(uninterrupted / "last.pt", tmp_path / "last.pt")
     changed = from_dict(recipe(lr=0.01))

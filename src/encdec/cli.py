@@ -78,19 +78,30 @@ def cmd_train(args: argparse.Namespace) -> None:
     from encdec.training import train
 
     if args.resume:
-        train(_resumed_config(args), args.resume, quiet=args.quiet, resume=True, device=args.device)
+        train(
+            _resumed_config(args),
+            args.resume,
+            quiet=args.quiet,
+            resume=True,
+            device=args.device,
+            epochs=args.epochs,
+        )
     else:
         train(_config_from_args(args), args.out, quiet=args.quiet, device=args.device)
 
 
 def _resumed_config(args: argparse.Namespace):
-    """None (last.pt's config) unless --config is given; training then checks that they match."""
+    """None (last.pt's config) unless --config is given; training then checks that they match.
+
+    --epochs alone is allowed: it extends the run (see train's `epochs`).
+    """
     if args.config:
         return _config_from_args(args)
-    if args.set or args.epochs is not None or args.max_steps is not None or args.data_dir:
+    if args.set or args.max_steps is not None or args.data_dir:
         raise EncdecError(
-            "--resume goes on with the config saved in last.pt: --set, --epochs, --max-steps "
-            "and --data-dir count only beside --config, which must match it"
+            "--resume goes on with the config saved in last.pt: --set, --max-steps and "
+            "--data-dir count only beside --config, which must match it (--epochs may be given "
+            "alone, to train on to that many epochs)"
         )
     return None
 
@@ -277,7 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     run_dir.add_argument(
         "--resume", metavar="RUN_DIR", help="go on from RUN_DIR/last.pt with its saved config"
     )
-    train_parser.add_argument("--epochs", type=int, help="override training.epochs")
+    train_parser.add_argument(
+        "--epochs",
+        type=int,
+        help="override training.epochs; with --resume, train on until this many epochs",
+    )
     train_parser.add_argument(
         "--max-steps", type=int, help="end each epoch after this many batches (smoke tests)"
     )

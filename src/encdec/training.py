@@ -631,23 +631,47 @@ def _load_last(out_dir: Path) -> dict:
     return state
 
 
-def _resume_config(stored: Config, given: Config | None) -> Config:
-    """The config last.pt was trained with; a given one must match it but for data.data_dir."""
-    if given is None:
-        return stored
-    stored_values, given_values = stored.to_dict(), given.to_dict()
-    differences = [
-        f"{section}.{key} ({stored_values[section][key]!r} in last.pt, {value!r} given)"
-        for section, values in given_values.items()
-        for key, value in values.items()
-        if value != stored_values[section][key] and (section, key) != ("data", "data_dir")
-    ]
-    if differences:
+# the settings that only say when training stops: a resumed run may change them to go on longer
+STOPPING_KEYS = (("training", "epochs"), ("training", "patience"))
+
+
+def _resume_config(stored: Config, given: Config | None, epochs: int | None) -> Config:
+    """The config last.pt was trained with, to train on until `epochs` if that is given.
+
+    A given config must match the stored one but for data.data_dir and the STOPPING_KEYS.
+    """
+    if given is not None:
+        stored_values, given_values = stored.to_dict(), given.to_dict()
+        differences = [
+            f"{section}.{key} ({stored_values[section][key]!r} in last.pt, {value!r} given)"
+            for section, values in given_values.items()
+            for key, value in values.items()
+            if value != stored_values[section][key]
+            and (section, key) not in (("data", "data_dir"), *STOPPING_KEYS)
+        ]
+        if differences:
+            raise EncdecError(
+                "a resumed run keeps the config it started with (but for training.epochs and "
+                "training.patience); these differ: " + "; ".join(differences)
+            )
+    config = given or stored
+    if epochs is not None:
+        config.training.epochs = epochs
+    return config
+
+
+def _reconsider_finishing(run: Run) -> None:
+    """After an epoch's end, decide again whether the run is over: its stopping keys may differ."""
+    progress, settings, selection = run.progress, run.config.training, run.selection
+    if not progress.validated:
+        return
+    if progress.epochs_done > settings.epochs:
         raise EncdecError(
-            "a resumed run keeps the config it started with; these differ: "
-            + "; ".join(differences)
+            f"cannot resume with training.epochs {settings.epochs}: last.pt has already "
+            f"trained {progress.epochs_done} epochs"
         )
-    return given  # equal but for where the data lies, which may have moved
+    stalled = settings.patience is not None and selection.stalled_epochs >= settings.patience
+    progress.finished = progress.epochs_done == settings.epochs or stalled
 
 
 def _restore(run: Run, state: dict) -> None:
@@ -684,10 +708,14 @@ def _restore_rng(run: Run, state: dict) -> None:
     )
 
 
-def _resumed_run(state: dict, config: Config | None, out_dir: Path, processes: Processes) -> Run:
+def _resumed_run(
+    state: dict, config: Config | None, epochs: int | None, out_dir: Path, processes: Processes
+) -> Run:
     """Rebuild the run last.pt describes; metrics.jsonl forgets the epochs it will redo."""
-    run = _build_run(_resume_config(from_dict(state["config"]), config), out_dir, processes)
+    stored = from_dict(state["config"])
+    run = _build_run(_resume_config(stored, config, epochs), out_dir, processes)
     _restore(run, state)
+    _reconsider_finishing(run)
     progress = run.progress
     if processes.is_main:
         _keep_records_through(out_dir / "metrics.jsonl", progress.epochs_done)
@@ -891,12 +919,14 @@ def train(
     quiet: bool = False,
     resume: bool = False,
     device: str = "auto",
+    epochs: int | None = None,
 ) -> dict:
     """Train the model `config` describes, or with `resume` go on from out_dir/last.pt.
 
     Writes last.pt, best.pt, metrics.jsonl, train.log (and tensorboard/, if it is installed)
     into `out_dir` (default: a new runs/YYYYmmdd-HHMMSS); `quiet` keeps logs and progress bars
-    off stderr. `device` is auto, cpu, cuda or cuda:N. Under torchrun every process calls this;
+    off stderr. `device` is auto, cpu, cuda or cuda:N. `epochs`, with `resume`, trains on until
+    that many epochs, so a finished run can be extended. Under torchrun every process calls this;
     they train one model together. Returns the best model's test scores.
     """
     if out_dir is None and resume:
@@ -920,7 +950,7 @@ def train(
         if state is None:
             run = _new_run(config, out_dir, processes)
         else:
-            run = _resumed_run(state, config, out_dir, processes)
+            run = _resumed_run(state, config, epochs, out_dir, processes)
         del state  # the saved tensors now live in the run
         run_on_main(partial(_free_space_for_checkpoints, out_dir, run.model), processes)
         with silence_bars(quiet or not processes.is_main):
