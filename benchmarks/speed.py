@@ -31,7 +31,7 @@ from encdec.config import DataConfig, DecodingConfig, ModelConfig, load_config  
 from encdec.corpus import build_corpus  # noqa: E402
 from encdec.model import build_model  # noqa: E402
 from encdec.search import decode_examples  # noqa: E402
-from encdec.training import make_optimizer, run_epoch  # noqa: E402
+from encdec.steps import make_optimizer, run_epoch  # noqa: E402
 from encdec.translator import Translator, quantize_int8  # noqa: E402
 
 

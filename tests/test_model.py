@@ -11,7 +11,7 @@ from encdec.config import DataConfig, ModelConfig
 from encdec.corpus import build_corpus
 from encdec.errors import EncdecError
 from encdec.model import Decoder, Encoder, Seq2Seq, build_model, count_parameters
-from encdec.training import make_optimizer, run_epoch, seed_everything
+from encdec.steps import make_optimizer, run_epoch, seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -13,7 +13,8 @@ import yaml
 from encdec.cli import main
 from encdec.config import Config, from_dict
 from encdec.progress import progress_bar, silence_bars
-from encdec.training import TENSORBOARD_SCALARS, train
+from encdec.reporting import TENSORBOARD_SCALARS
+from encdec.training import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -218,6 +218,16 @@ def test_a_finished_run_extended_with_epochs_equals_one_trained_that_long(tmp_pa
     assert load_checkpoint(tmp_path / "last.pt")["config"]["training"]["epochs"] == EPOCHS
 
 
+def test_a_last_pt_from_before_torchrun_support_still_resumes(tmp_path, uninterrupted):
+    # such a last.pt kept one process's generators under "rng", not a list under "rng_by_rank"
+    train(from_dict(recipe(epochs=EPOCHS - 1)), tmp_path, quiet=True)
+    state = load_checkpoint(tmp_path / "last.pt")
+    state["rng"] = state.pop("rng_by_rank")[0]
+    save_checkpoint(state, tmp_path / "last.pt")
+    train(None, tmp_path, quiet=True, resume=True, epochs=EPOCHS)
+    assert_same_run(uninterrupted, tmp_path)
+
+
 def test_an_early_stopped_run_goes_on_when_resumed_with_more_patience(tmp_path):
     # so small a learning rate never changes a greedy translation, so valid BLEU never improves:
     # patience 1 stops after epoch 2

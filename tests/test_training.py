@@ -15,14 +15,8 @@ from encdec.config import Config, ModelConfig, TrainingConfig, from_dict
 from encdec.corpus import build_corpus
 from encdec.errors import EncdecError
 from encdec.model import build_model
-from encdec.training import (
-    batch_scheduler,
-    epoch_scheduler,
-    evaluate_split,
-    run_epoch,
-    token_losses,
-    train,
-)
+from encdec.steps import batch_scheduler, epoch_scheduler, run_epoch, token_losses
+from encdec.training import evaluate_split, train
 from encdec.translator import Translator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -10,6 +10,7 @@ from encdec.cli import DEMO_CONFIG
 from encdec.config import from_dict
 from encdec.data import toy_phrases
 from encdec.errors import EncdecError
+from encdec.metrics import bleu
 from encdec.training import train
 from encdec.translator import Translator
 from encdec.vocab import EOS, PAD, SOS
@@ -68,6 +69,23 @@ def test_evaluate_scores_wrong_references_low(translator):
     assert scores["bleu"] < 30
     assert scores["chrf"] < 50
     assert scores["loss"] > 2.0
+
+
+def test_evaluate_tokenizes_each_source_once_and_scores_its_own_beam(translator, monkeypatch):
+    pairs = toy_phrases()["valid"]
+    tokenized = []
+    tokenize_many = translator.src_tokenizer.tokenize_many
+    monkeypatch.setattr(
+        translator.src_tokenizer,
+        "tokenize_many",
+        lambda sentences: tokenized.append(len(sentences)) or tokenize_many(sentences),
+    )
+    beam = translator.evaluate(pairs, beam=3)
+    assert tokenized == [len(pairs)]
+    monkeypatch.undo()
+    sources, references = zip(*pairs)
+    texts = translator.translate(list(sources), beam=3)
+    assert beam["bleu"] == pytest.approx(bleu(texts, list(references)))
 
 
 def test_beam_search_translates_the_demo_phrases(translator):

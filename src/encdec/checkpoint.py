@@ -8,12 +8,18 @@ import random
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
 
 from encdec.errors import EncdecError
+
+if TYPE_CHECKING:
+    from encdec.config import Config
+    from encdec.corpus import Corpus
+    from encdec.model import Seq2Seq
+    from encdec.tokenize import Tokenizer
 
 FORMAT_VERSION = 1
 READABLE_VERSIONS = (1,)
@@ -138,3 +144,20 @@ def average_checkpoints(paths: list[str | Path]) -> dict:
     }
     translatable = {key: first[key] for key in first if key in TRANSLATION_KEYS}
     return {**translatable, "model": averaged, "averaged_from": [str(path) for path in paths]}
+
+
+def checkpoint_state(model: Seq2Seq, corpus: Corpus, config: Config, **extra) -> dict:
+    """What a checkpoint holds: enough to translate with it alone."""
+    return {
+        "model": model.state_dict(),
+        "config": config.to_dict(),
+        "src_vocab": corpus.src_vocab.itos,
+        "trg_vocab": corpus.trg_vocab.itos,
+        "src_subwords": _serialized_subwords(corpus.src_tokenizer),
+        "trg_subwords": _serialized_subwords(corpus.trg_tokenizer),
+        **extra,
+    }
+
+
+def _serialized_subwords(tokenizer: Tokenizer) -> str | None:
+    return tokenizer.subwords.serialized if tokenizer.subwords is not None else None

@@ -19,8 +19,8 @@ from encdec.errors import EncdecError
 from encdec.metrics import bleu, bleu_tok, chrf, perplexity
 from encdec.model import Seq2Seq, build_model
 from encdec.search import Hypothesis, decode_examples
+from encdec.steps import run_epoch
 from encdec.tokenize import Subwords
-from encdec.training import run_epoch
 from encdec.vocab import EOS, SOS, UNK, Vocab
 
 
@@ -109,9 +109,21 @@ class Translator:
         max_len, temperature, top_k, length_penalty, unk_replace. Inputs are batched by length;
         results come back in input order.
         """
+        source_tokens = self.src_tokenizer.tokenize_many(sentences)
+        return self._translations(sentences, source_tokens, n_best, seed, beam, options)
+
+    def _translations(
+        self,
+        sentences: Sequence[str],
+        source_tokens: list[list[str]],
+        n_best: int,
+        seed: int | None,
+        beam: int | None,
+        options: dict,
+    ) -> list[list[Translation]]:
+        """`translations` of `sentences`, already tokenized as `source_tokens`."""
         decoding = self._decoding(n_best, {"beam_size": beam, **options})
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        source_tokens = self.src_tokenizer.tokenize_many(sentences)
         examples = [
             numericalize(tokens, [], self.src_vocab, self.trg_vocab, self.config.data.reverse_src)
             for tokens in source_tokens
@@ -153,10 +165,16 @@ class Translator:
         text = self.trg_tokenizer.detokenize(tokens) if sentence.strip() else ""
         return Translation(text, tokens, hypothesis.score, read, hypothesis.attention)
 
-    def evaluate(self, pairs: Sequence[tuple[str, str]], **options) -> dict:
+    def evaluate(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        seed: int | None = None,
+        beam: int | None = None,
+        **options,
+    ) -> dict:
         """Loss and perplexity (teacher forcing off, like validation), BLEU and chrF on pairs.
 
-        `options` are decoding settings, as for `translations` (e.g. `beam_size=5`).
+        `seed`, `beam` and `options` are decoding settings, as for `translations`.
         """
         sources = [source for source, _ in pairs]
         references = [reference for _, reference in pairs]
@@ -168,7 +186,8 @@ class Translator:
         ]
         batches = evaluation_batches(examples, self.config.training.batch_size)
         loss = run_epoch(self.model, examples, batches, self.trg_vocab.pad_idx, 0.0).loss
-        best = [translations[0] for translations in self.translations(sources, **options)]
+        translations = self._translations(sources, source_tokens, 1, seed, beam, options)
+        best = [sentence_translations[0] for sentence_translations in translations]
         hypothesis_words = [self.trg_tokenizer.to_words(translation.tokens) for translation in best]
         reference_words = [self.trg_tokenizer.to_words(tokens) for tokens in reference_tokens]
         hypotheses = [translation.text for translation in best]

@@ -1,0 +1,97 @@
+"""What a training run tells: train.log and stderr, metrics.jsonl lines, TensorBoard scalars."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from encdec.corpus import Corpus
+from encdec.distributed import Processes
+from encdec.model import Seq2Seq, count_parameters
+from encdec.progress import LogAboveBars
+
+if TYPE_CHECKING:  # tensorboard is optional: `pip install encdec[tensorboard]`
+    from torch.utils.tensorboard import SummaryWriter
+
+log = logging.getLogger("encdec")
+
+
+def setup_logging(out_dir: Path, quiet: bool, processes: Processes) -> None:
+    """train.log (and stderr unless `quiet`) on rank 0; the other processes log only warnings."""
+    log.handlers.clear()
+    log.setLevel(logging.INFO if processes.is_main else logging.WARNING)
+    if not processes.is_main:
+        return
+    file_handler = logging.FileHandler(out_dir / "train.log", encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(file_handler)
+    if not quiet:
+        log.addHandler(LogAboveBars())
+
+
+def describe(corpus: Corpus, model: Seq2Seq) -> None:
+    log.info("data: %s", ", ".join(f"{s} {len(e):,}" for s, e in corpus.examples.items()))
+    if corpus.skipped:
+        log.info("skipped training pairs: %s", corpus.skipped)
+    if corpus.truncated:
+        log.info("training pairs cut to max_len: %s", f"{corpus.truncated:,}")
+    log.info(
+        "vocabulary: source %s, target %s",
+        f"{len(corpus.src_vocab):,}",
+        f"{len(corpus.trg_vocab):,}",
+    )
+    log.info("model parameters: %s", f"{count_parameters(model):,}")
+
+
+def format_epoch(record: dict, epochs: int) -> str:
+    minutes, seconds = divmod(int(record["epoch_seconds"]), 60)
+    return (
+        f"epoch {record['epoch']:2d}/{epochs} | {minutes}m {seconds:02d}s | "
+        f"train loss {record['train_loss']:.3f} ppl {record['train_ppl']:8.2f} | "
+        f"valid (teacher forcing off) loss {record['valid_loss']:.3f} "
+        f"ppl {record['valid_ppl']:8.2f} | "
+        f"valid (teacher-forced) ppl {record['valid_teacher_forced_ppl']:7.2f} | "
+        f"valid BLEU {record['valid_bleu']:5.2f} chrF {record['valid_chrf']:5.2f} | "
+        f"lr {record['lr']:.2e} | {record['train_tokens_per_s']:,.0f} tok/s"
+    )
+
+
+def log_record(record: dict, epochs: int, metrics_path: Path) -> None:
+    """The epoch's line in train.log and its JSON line in metrics.jsonl."""
+    log.info(format_epoch(record, epochs))
+    with metrics_path.open("a", encoding="utf-8") as file:
+        file.write(json.dumps(record) + "\n")
+
+
+# TensorBoard tag -> metrics.jsonl key, written once per epoch
+TENSORBOARD_SCALARS = {
+    "train/loss": "train_loss",
+    "train/ppl": "train_ppl",
+    "valid/loss": "valid_loss",
+    "valid/ppl": "valid_ppl",
+    "valid/teacher_forced_ppl": "valid_teacher_forced_ppl",
+    "valid/bleu": "valid_bleu",
+    "valid/chrf": "valid_chrf",
+    "lr": "lr",
+}
+
+
+def tensorboard_writer(log_dir: Path, first_epoch: int) -> SummaryWriter | None:
+    """A SummaryWriter into `log_dir` when tensorboard is installed, else None.
+
+    Events from `first_epoch` on left by an earlier (interrupted) run are hidden: they are redone.
+    """
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(log_dir), purge_step=first_epoch)
+
+
+def write_scalars(board: SummaryWriter, record: dict) -> None:
+    """The epoch's losses, perplexities, BLEU, chrF and lr, at step = epoch; flushed at once."""
+    for tag, key in TENSORBOARD_SCALARS.items():
+        board.add_scalar(tag, record[key], global_step=record["epoch"])
+    board.flush()

@@ -1,0 +1,224 @@
+"""A training run in memory, and last.pt: what it saves of a run and how a resume restores it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+from encdec.checkpoint import (
+    atomic_file,
+    checkpoint_state,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+)
+from encdec.config import Config
+from encdec.corpus import Corpus
+from encdec.distributed import Processes, gathered
+from encdec.errors import EncdecError
+from encdec.model import Seq2Seq
+
+if TYPE_CHECKING:  # tensorboard is optional: `pip install encdec[tensorboard]`
+    from torch.utils.tensorboard import SummaryWriter
+
+log = logging.getLogger("encdec")
+
+
+@dataclass
+class Selection:
+    """The validation metric that picks best.pt (`select_by`): its best value and since when."""
+
+    metric: str  # "loss" (lower is better) or "bleu" (higher is better)
+    best: float | None = None
+    best_epoch: int = 0
+    stalled_epochs: int = 0  # epochs in a row without improvement
+
+    @property
+    def key(self) -> str:
+        return f"valid_{self.metric}"
+
+    def observe(self, record: dict) -> bool:
+        """Take in one epoch's record; True when it is the new best."""
+        value = record[self.key]
+        higher_is_better = self.metric == "bleu"
+        if self.best is None or (value > self.best if higher_is_better else value < self.best):
+            self.best, self.best_epoch, self.stalled_epochs = value, record["epoch"], 0
+            return True
+        self.stalled_epochs += 1
+        return False
+
+
+@dataclass
+class Progress:
+    """How far a run has got; with weights, optimizer, schedules and RNGs, all a resume needs."""
+
+    epoch: int = 0  # the epoch being trained, or just finished when `validated`
+    step: int = 0  # batches of `batches` done
+    batches: list[list[int]] = field(default_factory=list)  # this epoch's batch order
+    epoch_loss_sum: float = 0.0  # summed cross-entropy of this epoch's batches so far
+    epoch_tokens: int = 0
+    epoch_seconds: float = 0.0
+    train_seconds_total: float = 0.0  # of the epochs before this one
+    validated: bool = True  # the epoch's end (validation, best.pt, plateau) is done
+    finished: bool = False  # no epoch is left: the last one is done or early stopping struck
+
+    @property
+    def epochs_done(self) -> int:
+        """Epochs trained and validated; an epoch whose end was not reached does not count."""
+        return self.epoch if self.validated else self.epoch - 1
+
+
+@dataclass
+class Run:
+    """A training run in memory: what last.pt saves and a resume rebuilds."""
+
+    config: Config
+    corpus: Corpus
+    model: Seq2Seq
+    optimizer: torch.optim.Optimizer
+    per_batch: LRScheduler | None  # warmup_decay, else None
+    per_epoch: ReduceLROnPlateau | None  # plateau, else None
+    selection: Selection
+    data_order: random.Random  # draws each epoch's batch order
+    progress: Progress
+    out_dir: Path
+    processes: Processes  # this process's rank among those of a torchrun job, and its device
+    trainable: nn.Module  # the model, wrapped in DistributedDataParallel when there are several
+    scaler: torch.amp.GradScaler | None = None  # fp16's gradient scaler
+    board: SummaryWriter | None = None  # TensorBoard's writer while training, if installed
+
+
+def resume_state(run: Run) -> dict:
+    """What last.pt holds: a translatable checkpoint plus every state the run goes on from.
+
+    Every process must call it: with several, it gathers each one's random generators.
+    """
+    by_rank = gathered(rng_states(run.data_order), run.processes)
+    return checkpoint_state(
+        run.model,
+        run.corpus,
+        run.config,
+        optimizer=run.optimizer.state_dict(),
+        per_batch_scheduler=None if run.per_batch is None else run.per_batch.state_dict(),
+        per_epoch_scheduler=None if run.per_epoch is None else run.per_epoch.state_dict(),
+        rng_by_rank=by_rank,
+        scaler=None if run.scaler is None else run.scaler.state_dict(),
+        selection=dataclasses.asdict(run.selection),
+        **dataclasses.asdict(run.progress),
+    )
+
+
+def load_last(out_dir: Path) -> dict:
+    """out_dir/last.pt, checked to hold the training state a resume needs."""
+    path = out_dir / "last.pt"
+    if not path.is_file():
+        raise EncdecError(f"cannot resume: {path} does not exist (no run was saved there)")
+    state = load_checkpoint(path)
+    if "optimizer" not in state or not ("rng_by_rank" in state or "rng" in state):
+        raise EncdecError(f"cannot resume: {path} holds weights but no training state")
+    return state
+
+
+# the settings that only say when training stops: a resumed run may change them to go on longer
+STOPPING_KEYS = (("training", "epochs"), ("training", "patience"))
+
+
+def resume_config(stored: Config, given: Config | None, epochs: int | None) -> Config:
+    """The config last.pt was trained with, to train on until `epochs` if that is given.
+
+    A given config must match the stored one but for data.data_dir and the STOPPING_KEYS.
+    """
+    if given is not None:
+        stored_values, given_values = stored.to_dict(), given.to_dict()
+        differences = [
+            f"{section}.{key} ({stored_values[section][key]!r} in last.pt, {value!r} given)"
+            for section, values in given_values.items()
+            for key, value in values.items()
+            if value != stored_values[section][key]
+            and (section, key) not in (("data", "data_dir"), *STOPPING_KEYS)
+        ]
+        if differences:
+            raise EncdecError(
+                "a resumed run keeps the config it started with (but for training.epochs and "
+                "training.patience); these differ: " + "; ".join(differences)
+            )
+    config = given or stored
+    if epochs is not None:
+        config.training.epochs = epochs
+    return config
+
+
+def reconsider_finishing(run: Run) -> None:
+    """After an epoch's end, decide again whether the run is over: its stopping keys may differ."""
+    progress, settings, selection = run.progress, run.config.training, run.selection
+    if not progress.validated:
+        return
+    if progress.epochs_done > settings.epochs:
+        raise EncdecError(
+            f"cannot resume with training.epochs {settings.epochs}: last.pt has already "
+            f"trained {progress.epochs_done} epochs"
+        )
+    stalled = settings.patience is not None and selection.stalled_epochs >= settings.patience
+    progress.finished = progress.epochs_done == settings.epochs or stalled
+
+
+def restore(run: Run, state: dict) -> None:
+    """Put weights, optimizer, schedules, selection, progress and RNGs back as last.pt has them."""
+    vocabularies = (run.corpus.src_vocab.itos, run.corpus.trg_vocab.itos)
+    if vocabularies != (state["src_vocab"], state["trg_vocab"]):
+        raise EncdecError("cannot resume: the data now gives other vocabularies than last.pt's")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.per_batch is not None:
+        run.per_batch.load_state_dict(state["per_batch_scheduler"])
+    if run.per_epoch is not None:
+        run.per_epoch.load_state_dict(state["per_epoch_scheduler"])
+    if run.scaler is not None and state.get("scaler") is not None:
+        run.scaler.load_state_dict(state["scaler"])
+    run.selection = Selection(**state["selection"])
+    run.progress = Progress(**{key.name: state[key.name] for key in dataclasses.fields(Progress)})
+    _restore_rng(run, state)
+
+
+def _restore_rng(run: Run, state: dict) -> None:
+    """Each process's generators as saved; rank 0's for all when the process count changed."""
+    by_rank = state.get("rng_by_rank") or [state["rng"]]  # "rng": one process's, before torchrun
+    processes = run.processes
+    if len(by_rank) == processes.world_size:
+        restore_rng_states(by_rank[processes.rank], run.data_order)
+        return
+    restore_rng_states(by_rank[0], run.data_order)
+    log.warning(
+        "last.pt was saved by %d process(es), resumed by %d: the data order goes on as saved, "
+        "but dropout draws differ from an uninterrupted run",
+        len(by_rank),
+        processes.world_size,
+    )
+
+
+def _epoch_of(line: str) -> int | None:
+    """The epoch of one metrics.jsonl line; None for a line cut short by a crash."""
+    try:
+        return json.loads(line)["epoch"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def keep_records_through(metrics_path: Path, last_epoch: int) -> None:
+    """Drop metrics.jsonl lines after `last_epoch`: the resumed run writes those epochs again."""
+    if not metrics_path.is_file():
+        return
+    lines = metrics_path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if (epoch := _epoch_of(line)) and epoch <= last_epoch]
+    if kept != lines:
+        with atomic_file(metrics_path) as file:
+            file.write("".join(kept).encode("utf-8"))
