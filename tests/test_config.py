@@ -7,14 +7,25 @@ import pytest
 
 from encdec.config import Config, DecodingConfig, load_config, parse_override
 from encdec.errors import EncdecError
+from encdec.model import build_model
 
-SEED_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "multi30k_seed.yaml"
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+SEED_CONFIG = CONFIGS / "multi30k_seed.yaml"
 
 
 def write(folder: Path, text: str) -> Path:
     path = folder / "config.yaml"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.name)
+def test_every_recipe_loads_and_builds_its_model(path):
+    config = load_config(path)
+    model = build_model(config.model, src_vocab_size=30, trg_vocab_size=40)
+    assert model.decoder.fc_out.out_features == 40
+    if config.decoding.unk_replace:  # it copies the source word that attention points at
+        assert model.decoder.attention is not None
 
 
 def test_defaults_are_the_textbook_recipe():
