@@ -95,6 +95,9 @@ def job(device_name: str = "auto") -> Iterator[Processes]:
     dist.init_process_group(backend, timeout=datetime.timedelta(hours=1))
     try:
         yield Processes(rank, world_size, device)
+        # No process may tear its connections down while another still finishes a collective
+        # call with it: gloo aborted a process that way, rarely, at the end of a job.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
