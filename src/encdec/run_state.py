@@ -56,6 +56,10 @@ class Selection:
         self.stalled_epochs += 1
         return False
 
+    def out_of_patience(self, patience: int | None) -> bool:
+        """Whether `patience` epochs have passed without improvement (None: never)."""
+        return patience is not None and self.stalled_epochs >= patience
+
 
 @dataclass
 class Progress:
@@ -152,9 +156,9 @@ def resume_config(stored: Config, given: Config | None, epochs: int | None) -> C
                 "training.patience); these differ: " + "; ".join(differences)
             )
     config = given or stored
-    if epochs is not None:
-        config.training.epochs = epochs
-    return config
+    if epochs is None:
+        return config
+    return dataclasses.replace(config, training=dataclasses.replace(config.training, epochs=epochs))
 
 
 def reconsider_finishing(run: Run) -> None:
@@ -167,8 +171,9 @@ def reconsider_finishing(run: Run) -> None:
             f"cannot resume with training.epochs {settings.epochs}: last.pt has already "
             f"trained {progress.epochs_done} epochs"
         )
-    stalled = settings.patience is not None and selection.stalled_epochs >= settings.patience
-    progress.finished = progress.epochs_done == settings.epochs or stalled
+    progress.finished = progress.epochs_done == settings.epochs or selection.out_of_patience(
+        settings.patience
+    )
 
 
 def restore(run: Run, state: dict) -> None:

@@ -111,7 +111,7 @@ def evaluate_split(model: Seq2Seq, corpus: Corpus, split: str, config: Config) -
 
 def _stops_early(selection: Selection, patience: int | None, epoch: int) -> bool:
     """Whether `patience` epochs have passed without improvement; logs the stop."""
-    if patience is None or selection.stalled_epochs < patience:
+    if not selection.out_of_patience(patience):
         return False
     log.info(
         "early stopping after epoch %d: valid %s has not improved for %d epochs "
