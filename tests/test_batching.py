@@ -149,12 +149,32 @@ def test_bucketing_cuts_padding_on_multi30k(multi30k_train_examples):
     assert bucketed < plain / 3
 
 
-def test_token_batches_stay_within_the_token_budget_and_keep_every_example():
-    examples = [([0] * n, [0] * (n + 1)) for n in random.Random(3).choices(range(2, 40), k=500)]
-    batches = bucket_batches(examples, 64, 10, random.Random(0), max_tokens=300)
+def examples_of_unrelated_lengths(count: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """Examples whose source and target lengths vary independently (2 to 40 ids each)."""
+    rng = random.Random(seed)
+    return [([4] * rng.randint(2, 40), [5] * rng.randint(2, 40)) for _ in range(count)]
+
+
+def test_token_batches_collate_to_at_most_batch_tokens_positions():
+    examples = examples_of_unrelated_lengths(2000, seed=3)
+    batches = bucket_batches(examples, 64, 10, random.Random(0), max_tokens=600)
     assert sorted(all_indices(batches)) == list(range(len(examples)))
-    for batch in batches:
-        longest = max(len(examples[i][0]) + len(examples[i][1]) for i in batch)
-        assert len(batch) <= 64
-        assert len(batch) * longest <= 300 or len(batch) == 1
+    for indices in batches:
+        batch = collate(examples, indices, pad_idx=1)
+        assert batch.src.numel() + batch.trg.numel() <= 600
+        assert len(indices) <= 64
     assert len({len(batch) for batch in batches}) > 3  # short sentences get bigger batches
+
+
+def test_token_batches_end_only_when_the_next_sentence_would_pass_the_budget():
+    examples = examples_of_unrelated_lengths(500, seed=4)
+    batches = bucket_batches(examples, 64, len(examples), rng=None, max_tokens=600)
+    for indices, following in zip(batches, batches[1:]):
+        grown = collate(examples, [*indices, following[0]], pad_idx=1)
+        assert len(indices) == 64 or grown.src.numel() + grown.trg.numel() > 600
+
+
+def test_a_sentence_longer_than_the_token_budget_is_a_batch_alone():
+    examples = [([4] * 5, [5] * 5), ([4] * 30, [5] * 30), ([4] * 5, [5] * 6)]
+    batches = bucket_batches(examples, 8, 1, rng=None, max_tokens=40)
+    assert sorted(batches) == [[0, 2], [1]]

@@ -67,7 +67,8 @@ def bucket_batches(
     The examples are shuffled (when `rng` is given), cut into pools of `pool_batches` batches,
     each pool sorted by length and sliced into batches, and the batch order shuffled again.
     `pool_batches=1` gives plain random batches; `rng=None` keeps the data order (evaluation).
-    With `max_tokens`, a batch also ends before its padded source + target positions pass it.
+    With `max_tokens`, a batch also ends before its padded source + target positions (the
+    elements of collate's two tensors) would pass it; a longer sentence alone is a batch.
     """
     order = list(range(len(examples)))
     if rng is not None:
@@ -91,16 +92,16 @@ def _slice(
     """Cut a length-sorted pool into consecutive batches within both limits."""
     if max_tokens is None:
         return [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
-    batches, batch, longest = [], [], 0
+    batches, batch, longest_src, longest_trg = [], [], 0, 0
     for index in pool:
-        length = len(examples[index][0]) + len(examples[index][1])
-        if batch and (
-            len(batch) == batch_size or (len(batch) + 1) * max(longest, length) > max_tokens
-        ):
+        src_length, trg_length = map(len, examples[index])
+        # collate pads each side to its own longest sentence: (S, B) + (T, B) positions
+        padded = (len(batch) + 1) * (max(longest_src, src_length) + max(longest_trg, trg_length))
+        if batch and (len(batch) == batch_size or padded > max_tokens):
             batches.append(batch)
-            batch, longest = [], 0
+            batch, longest_src, longest_trg = [], 0, 0
         batch.append(index)
-        longest = max(longest, length)
+        longest_src, longest_trg = max(longest_src, src_length), max(longest_trg, trg_length)
     return batches + [batch] if batch else batches
 
 
