@@ -9,7 +9,7 @@ from encdec import data
 from encdec.batching import Example, numericalize
 from encdec.config import DataConfig
 from encdec.errors import EncdecError
-from encdec.tokenize import Subwords, Tokenizer
+from encdec.tokenize import Subwords, Tokenizer, tokenizer_pair
 from encdec.vocab import SPECIALS, Vocab
 
 TokenPair = tuple[list[str], list[str]]  # (source tokens, target tokens)
@@ -25,16 +25,6 @@ class Corpus:
     src_tokenizer: Tokenizer
     trg_tokenizer: Tokenizer
     truncated: int = 0  # training pairs cut to data.max_len tokens (data.long_pairs: truncate)
-
-
-def tokenizers(
-    config: DataConfig, subwords: tuple[Subwords | None, Subwords | None] = (None, None)
-) -> tuple[Tokenizer, Tokenizer]:
-    """The source and target tokenizers a data config asks for, with learnt subwords if any."""
-    return (
-        Tokenizer(config.tokenizer, config.src_lang, config.lowercase, subwords[0]),
-        Tokenizer(config.tokenizer, config.trg_lang, config.lowercase, subwords[1]),
-    )
 
 
 def read_splits(config: DataConfig) -> dict[str, list[data.Pair]]:
@@ -127,7 +117,7 @@ def _build_vocab(token_lists: list[list[str]], min_freq: int, side: str) -> Voca
 def build_corpus(config: DataConfig) -> Corpus:
     """Read and tokenize every split, build the vocabularies from the training split only."""
     pairs = read_splits(config)
-    src_words, trg_words = tokenizers(config)
+    src_words, trg_words = tokenizer_pair(config)
     tokens = {
         split: list(
             zip(
@@ -140,7 +130,7 @@ def build_corpus(config: DataConfig) -> Corpus:
     pairs["train"], tokens["train"], skipped, truncated = _select_training(
         pairs["train"], tokens["train"], config
     )
-    src_tokenizer, trg_tokenizer = tokenizers(config, _learn_subwords(config, tokens["train"]))
+    src_tokenizer, trg_tokenizer = tokenizer_pair(config, _learn_subwords(config, tokens["train"]))
     if config.subwords != "none":
         tokens = {
             split: list(

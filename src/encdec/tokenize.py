@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import cache
+from typing import TYPE_CHECKING
 
 import spacy
 import tokenizers
 from sacremoses import MosesDetokenizer
 
 from encdec.errors import EncdecError
+
+if TYPE_CHECKING:
+    from encdec.config import DataConfig
 
 
 @cache
@@ -118,3 +122,13 @@ class Tokenizer:
 @cache
 def _moses_detokenizer(lang: str) -> MosesDetokenizer:
     return MosesDetokenizer(lang=lang)
+
+
+def tokenizer_pair(
+    config: DataConfig, subwords: tuple[Subwords | None, Subwords | None] = (None, None)
+) -> tuple[Tokenizer, Tokenizer]:
+    """The source and target tokenizers a data config asks for, with learnt subwords if any."""
+    return (
+        Tokenizer(config.tokenizer, config.src_lang, config.lowercase, subwords[0]),
+        Tokenizer(config.tokenizer, config.trg_lang, config.lowercase, subwords[1]),
+    )

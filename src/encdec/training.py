@@ -8,7 +8,6 @@ A run survives being stopped: last.pt holds everything it needs to go on bit for
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import random
 import shutil
@@ -24,13 +23,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from encdec.batching import (
-    bucket_batches,
-    evaluation_batches,
-    padding_fraction,
-    shard,
-    splittable,
-)
+from encdec import evaluation
+from encdec.batching import bucket_batches, padding_fraction, shard, splittable
 from encdec.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from encdec.config import Config, from_dict
 from encdec.corpus import Corpus, build_corpus
@@ -43,7 +37,7 @@ from encdec.distributed import (
     sum_across,
 )
 from encdec.errors import EncdecError
-from encdec.metrics import bleu, chrf, perplexity
+from encdec.metrics import perplexity
 from encdec.model import Seq2Seq, build_model, count_parameters
 from encdec.progress import progress_bar, silence_bars
 from encdec.reporting import (
@@ -64,7 +58,6 @@ from encdec.run_state import (
     resume_config,
     resume_state,
 )
-from encdec.search import decode_examples
 from encdec.steps import (
     NonFiniteLoss,
     batch_losses,
@@ -72,40 +65,34 @@ from encdec.steps import (
     epoch_scheduler,
     make_optimizer,
     optimizer_step,
-    run_epoch,
     seed_everything,
 )
 from encdec.stop_signals import StopSignals, catching_stop_signals
+from encdec.translator import Translator
 
 log = logging.getLogger("encdec")
 
 
-def corpus_scores(model: Seq2Seq, corpus: Corpus, split: str, config: Config) -> dict:
-    """sacreBLEU's BLEU and chrF of greedy translations of one split against its raw references."""
-    greedy = dataclasses.replace(config.decoding, beam_size=1, temperature=0.0)
-    hypotheses = decode_examples(model, corpus.examples[split], corpus.trg_vocab, greedy)
-    hypotheses = [
-        corpus.trg_tokenizer.detokenize(corpus.trg_vocab.decode(best.ids))
-        for best, *_ in hypotheses
-    ]
-    references = [reference for _, reference in corpus.pairs[split]]
-    return {"bleu": bleu(hypotheses, references), "chrf": chrf(hypotheses, references)}
-
-
 def evaluate_split(model: Seq2Seq, corpus: Corpus, split: str, config: Config) -> dict:
-    """Loss and perplexity with teacher forcing off (the textbook's) and on, BLEU and chrF."""
-    examples, pad_idx = corpus.examples[split], corpus.trg_vocab.pad_idx
-    batches = evaluation_batches(examples, config.training.batch_size)
-    free = run_epoch(model, examples, batches, pad_idx, 0.0, description=f"{split} loss")
-    forced = run_epoch(model, examples, batches, pad_idx, 1.0, description=f"{split} forced")
-    scores = corpus_scores(model, corpus, split, config)
-    return {
-        f"{split}_loss": free.loss,
-        f"{split}_ppl": free.ppl,
-        f"{split}_teacher_forced_loss": forced.loss,
-        f"{split}_teacher_forced_ppl": forced.ppl,
-        f"{split}_bleu": scores["bleu"],
-        f"{split}_chrf": scores["chrf"],
+    """Loss and perplexity with teacher forcing off (the textbook's) and on; greedy BLEU and chrF.
+
+    The scores are those of `encdec evaluate` with greedy decoding (evaluation.py).
+    """
+    subwords = (corpus.src_tokenizer.subwords, corpus.trg_tokenizer.subwords)
+    translator = Translator(model, config, corpus.src_vocab, corpus.trg_vocab, subwords)
+    greedy = {"beam_size": 1, "temperature": 0.0, "unk_replace": False}
+    scores = evaluation.evaluate(translator, corpus.pairs[split], description=split, **greedy)
+    forced_loss = evaluation.corpus_loss(
+        model,
+        corpus.examples[split],
+        corpus.trg_vocab.pad_idx,
+        config.training.batch_size,
+        teacher_forcing_ratio=1.0,
+        description=f"{split} forced",
+    )
+    return {f"{split}_{key}": value for key, value in scores.items()} | {
+        f"{split}_teacher_forced_loss": forced_loss,
+        f"{split}_teacher_forced_ppl": perplexity(forced_loss),
     }
 
 

@@ -10,17 +10,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from encdec.batching import evaluation_batches, numericalize
+from encdec import evaluation
+from encdec.batching import Example, numericalize
 from encdec.checkpoint import load_checkpoint
 from encdec.config import Config, DecodingConfig, from_dict
-from encdec.corpus import tokenizers
-from encdec.distributed import resolve_device
+from encdec.devices import resolve_device
 from encdec.errors import EncdecError
-from encdec.metrics import bleu, bleu_tok, chrf, perplexity
 from encdec.model import Seq2Seq, build_model
 from encdec.search import Hypothesis, decode_examples
-from encdec.steps import run_epoch
-from encdec.tokenize import Subwords
+from encdec.tokenize import Subwords, tokenizer_pair
 from encdec.vocab import EOS, SOS, UNK, Vocab
 
 
@@ -70,7 +68,7 @@ class Translator:
     ):
         self.model, self.config = model.eval(), config
         self.src_vocab, self.trg_vocab = src_vocab, trg_vocab
-        self.src_tokenizer, self.trg_tokenizer = tokenizers(config.data, subwords)
+        self.src_tokenizer, self.trg_tokenizer = tokenizer_pair(config.data, subwords)
 
     @classmethod
     def load(cls, path: str | Path, int8: bool = False, device: str = "auto") -> Translator:
@@ -110,31 +108,45 @@ class Translator:
         results come back in input order.
         """
         source_tokens = self.src_tokenizer.tokenize_many(sentences)
-        return self._translations(sentences, source_tokens, n_best, seed, beam, options)
+        return self.translations_of(sentences, source_tokens, n_best, seed, beam, **options)
 
-    def _translations(
+    def translations_of(
         self,
         sentences: Sequence[str],
         source_tokens: list[list[str]],
-        n_best: int,
-        seed: int | None,
-        beam: int | None,
-        options: dict,
+        n_best: int = 1,
+        seed: int | None = None,
+        beam: int | None = None,
+        **options,
     ) -> list[list[Translation]]:
-        """`translations` of `sentences`, already tokenized as `source_tokens`."""
+        """`translations` of `sentences`, which `src_tokenizer` made into `source_tokens`."""
         decoding = self._decoding(n_best, {"beam_size": beam, **options})
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        examples = [
-            numericalize(tokens, [], self.src_vocab, self.trg_vocab, self.config.data.reverse_src)
-            for tokens in source_tokens
-        ]
+        examples = self.examples(source_tokens, [[] for _ in source_tokens])
         hypotheses = decode_examples(
-            self.model, examples, self.trg_vocab, decoding, n_best, generator
+            self.model, examples, self.trg_vocab, decoding, n_best, self._generator(seed)
         )
         return [
             [self._translation(sentence, tokens, h, decoding.unk_replace) for h in sentence_hyps]
             for sentence, tokens, sentence_hyps in zip(sentences, source_tokens, hypotheses)
         ]
+
+    def examples(
+        self, source_tokens: list[list[str]], target_tokens: list[list[str]]
+    ) -> list[Example]:
+        """Token lists as the model's id lists, the source reversed if the model was so trained."""
+        return [
+            numericalize(
+                source, target, self.src_vocab, self.trg_vocab, self.config.data.reverse_src
+            )
+            for source, target in zip(source_tokens, target_tokens)
+        ]
+
+    def _generator(self, seed: int | None) -> torch.Generator | None:
+        """A sampling generator seeded with `seed`, on the model's device; None without a seed."""
+        if seed is None:
+            return None
+        device = next(self.model.parameters()).device
+        return torch.Generator(device=device).manual_seed(seed)
 
     def translate(self, sentences: Sequence[str], **options) -> list[str]:
         """Translations as text, one per input sentence (an empty sentence gives '').
@@ -176,25 +188,4 @@ class Translator:
 
         `seed`, `beam` and `options` are decoding settings, as for `translations`.
         """
-        sources = [source for source, _ in pairs]
-        references = [reference for _, reference in pairs]
-        source_tokens = self.src_tokenizer.tokenize_many(sources)
-        reference_tokens = self.trg_tokenizer.tokenize_many(references)
-        examples = [
-            numericalize(s, t, self.src_vocab, self.trg_vocab, self.config.data.reverse_src)
-            for s, t in zip(source_tokens, reference_tokens)
-        ]
-        batches = evaluation_batches(examples, self.config.training.batch_size)
-        loss = run_epoch(self.model, examples, batches, self.trg_vocab.pad_idx, 0.0).loss
-        translations = self._translations(sources, source_tokens, 1, seed, beam, options)
-        best = [sentence_translations[0] for sentence_translations in translations]
-        hypothesis_words = [self.trg_tokenizer.to_words(translation.tokens) for translation in best]
-        reference_words = [self.trg_tokenizer.to_words(tokens) for tokens in reference_tokens]
-        hypotheses = [translation.text for translation in best]
-        return {
-            "loss": loss,
-            "ppl": perplexity(loss),
-            "bleu": bleu(hypotheses, references),
-            "bleu_tok": bleu_tok(hypothesis_words, reference_words),
-            "chrf": chrf(hypotheses, references),
-        }
+        return evaluation.evaluate(self, pairs, seed=seed, beam=beam, **options)

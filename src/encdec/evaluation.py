@@ -1,0 +1,89 @@
+"""Scoring a model on sentence pairs: loss and perplexity, BLEU, tokenized BLEU and chrF.
+
+Validation while training and `encdec evaluate` both score here, so their numbers agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch.nn import functional as F
+
+from encdec.batching import Example, collate, evaluation_batches
+from encdec.metrics import bleu, bleu_tok, chrf, perplexity
+from encdec.model import Seq2Seq
+from encdec.progress import progress_bar
+
+if TYPE_CHECKING:
+    from encdec.translator import Translator
+
+
+@torch.no_grad()
+def corpus_loss(
+    model: Seq2Seq,
+    examples: Sequence[Example],
+    pad_idx: int,
+    batch_size: int,
+    teacher_forcing_ratio: float = 0.0,
+    description: str = "",
+) -> float:
+    """Mean cross-entropy per target token of `examples`, dropout off.
+
+    With `teacher_forcing_ratio` 0 (the textbook's validation) the decoder reads its own guesses.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n_tokens = 0
+    batches = evaluation_batches(examples, batch_size)
+    for indices in progress_bar(batches, desc=description, leave=False):
+        batch = collate(examples, indices, pad_idx)
+        trg = batch.trg.to(device)  # (T, B)
+        logits = model(batch.src.to(device), batch.src_lengths, trg, teacher_forcing_ratio)
+        # the prediction at step t is scored against trg[t + 1]: logits (T-1, B, V)
+        loss_sum += F.cross_entropy(
+            logits.flatten(0, 1).float(), trg[1:].flatten(), ignore_index=pad_idx, reduction="sum"
+        ).double()
+        n_tokens += batch.n_target_tokens
+    return loss_sum.item() / n_tokens
+
+
+def evaluate(
+    translator: Translator,
+    pairs: Sequence[tuple[str, str]],
+    seed: int | None = None,
+    description: str = "",
+    **options,
+) -> dict:
+    """Loss and perplexity (teacher forcing off), BLEU, tokenized BLEU and chrF on `pairs`.
+
+    `seed` and `options` are decoding settings, as for `Translator.translations`.
+    """
+    sources = [source for source, _ in pairs]
+    references = [reference for _, reference in pairs]
+    source_tokens = translator.src_tokenizer.tokenize_many(sources)
+    reference_tokens = translator.trg_tokenizer.tokenize_many(references)
+    examples = translator.examples(source_tokens, reference_tokens)
+    loss = corpus_loss(
+        translator.model,
+        examples,
+        translator.trg_vocab.pad_idx,
+        translator.config.training.batch_size,
+        description=f"{description} loss".strip(),
+    )
+    translations = translator.translations_of(sources, source_tokens, seed=seed, **options)
+    best = [sentence_translations[0] for sentence_translations in translations]
+    to_words = translator.trg_tokenizer.to_words
+    hypotheses = [translation.text for translation in best]
+    return {
+        "loss": loss,
+        "ppl": perplexity(loss),
+        "bleu": bleu(hypotheses, references),
+        "bleu_tok": bleu_tok(
+            [to_words(translation.tokens) for translation in best],
+            [to_words(tokens) for tokens in reference_tokens],
+        ),
+        "chrf": chrf(hypotheses, references),
+    }
