@@ -5,13 +5,19 @@ import random
 import pytest
 import torch
 from torch import nn
+from torch.ao.nn.quantized import dynamic as quantized_dynamic
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from encdec.batching import bucket_batches, collate
-from encdec.config import DataConfig, ModelConfig
+from encdec.checkpoint import load_checkpoint, save_checkpoint
+from encdec.config import DataConfig, ModelConfig, from_dict
 from encdec.corpus import build_corpus
 from encdec.errors import EncdecError
 from encdec.model import Decoder, Encoder, Seq2Seq, build_model, count_parameters
+from encdec.rnn import RNN_CELLS, StackedRNN
 from encdec.steps import make_optimizer, run_epoch, seed_everything
+from encdec.translator import Translator
+from encdec.vocab import Vocab
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -256,3 +262,139 @@ def test_every_decoder_step_reads_the_fixed_context():
 def test_context_every_step_with_attention_is_a_clear_error():
     with pytest.raises(EncdecError, match="context_every_step"):
         build_model(ModelConfig(attention="general", context_every_step=True), 11, 13)
+
+
+def assert_identical(expected, actual) -> None:
+    """Outputs and states of two RNNs are bit for bit equal (tensors, tuples, packed)."""
+    if isinstance(expected, PackedSequence):
+        assert torch.equal(expected.data, actual.data)
+        assert torch.equal(expected.batch_sizes, actual.batch_sizes)
+    elif isinstance(expected, tuple):
+        for left, right in zip(expected, actual, strict=True):
+            assert_identical(left, right)
+    else:
+        assert torch.equal(expected, actual)
+
+
+def stock_and_stacked(cell: str, bidirectional: bool) -> tuple[nn.RNNBase, StackedRNN]:
+    """A two-layer nn.LSTM/nn.GRU with random weights, and a StackedRNN loaded from it."""
+    torch.manual_seed(0)
+    stock = RNN_CELLS[cell](5, 6, num_layers=2, dropout=0.5, bidirectional=bidirectional)
+    stacked = StackedRNN(cell, 5, 6, num_layers=2, dropout=0.5, bidirectional=bidirectional)
+    stacked.load_state_dict(stock.state_dict())  # strict: every old key has its new place
+    return stock.eval(), stacked.eval()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_stacked_rnn_loaded_from_a_multi_layer_rnn_computes_the_same(cell, bidirectional):
+    stock, stacked = stock_and_stacked(cell, bidirectional)
+    inputs = torch.randn(7, 3, 5)  # (S, B, input)
+    hidden = torch.randn(2 * (2 if bidirectional else 1), 3, 6)  # (L * directions, B, H)
+    state = (hidden, torch.randn_like(hidden)) if cell == "lstm" else hidden
+    lengths = torch.tensor([7, 4, 2])
+    packed = pack_padded_sequence(inputs, lengths, enforce_sorted=False)  # as the encoder packs
+    # Given a state and an unsorted batch, nn.LSTM reorders the state once for all layers and
+    # StackedRNN once per layer: the copies lie at other memory alignments, and the CPU's matrix
+    # products may round the last bit differently. A sorted batch is not reordered.
+    sorted_packed = pack_padded_sequence(inputs, lengths)
+    with torch.no_grad():
+        assert_identical(stock(inputs, state), stacked(inputs, state))
+        assert_identical(stock(packed), stacked(packed))
+        assert_identical(stock(sorted_packed, state), stacked(sorted_packed, state))
+        torch.testing.assert_close(stock(packed, state)[1], stacked(packed, state)[1])
+
+
+def test_stacked_rnn_drops_out_between_layers_only_with_torchs_generator():
+    _, stacked = stock_and_stacked("lstm", bidirectional=True)
+    inputs = torch.randn(7, 3, 5)
+    with torch.no_grad():
+        _, (kept_hidden, _) = stacked(inputs)
+        stacked.train()
+        torch.manual_seed(1)
+        outputs, (hidden, _) = stacked(inputs)
+        torch.manual_seed(1)
+        repeated, _ = stacked(inputs)
+        stacked.dropout.p = 1.0  # the top layer reads zeros: its outputs forget the inputs
+        deaf, _ = stacked(inputs)
+        deaf_to_other_inputs, _ = stacked(torch.randn(7, 3, 5))
+    assert torch.equal(hidden[:2], kept_hidden[:2])  # the bottom layer reads undropped inputs
+    assert not torch.equal(hidden[2:], kept_hidden[2:])  # the top one reads dropped outputs
+    assert torch.equal(outputs, repeated)  # the masks came from torch's seeded generator
+    assert torch.equal(deaf, deaf_to_other_inputs)
+
+
+LEGACY_MODELS = [
+    ModelConfig(embedding_dim=16, hidden_dim=32, dropout=0.3),
+    ModelConfig(
+        embedding_dim=16,
+        hidden_dim=32,
+        dropout=0.3,
+        bidirectional=True,
+        attention="general",
+        input_feeding=True,
+    ),
+    ModelConfig(cell="gru", embedding_dim=16, hidden_dim=32, attention="additive"),
+    ModelConfig(embedding_dim=16, hidden_dim=32, num_layers=3, context_every_step=True),
+]
+
+
+def legacy_model(config: ModelConfig, src_vocab_size: int, trg_vocab_size: int) -> Seq2Seq:
+    """The model as encdec built it before StackedRNN: one multi-layer nn.LSTM/nn.GRU a side."""
+    model = build_model(config, src_vocab_size, trg_vocab_size)
+    for side, bidirectional in ((model.encoder, config.bidirectional), (model.decoder, False)):
+        bottom = side.rnn.layers[0]
+        side.rnn = RNN_CELLS[config.cell](
+            bottom.input_size,
+            bottom.hidden_size,
+            config.num_layers,
+            dropout=config.dropout,
+            bidirectional=bidirectional,
+        )
+        for parameter in side.rnn.parameters():
+            nn.init.uniform_(parameter, -0.08, 0.08)
+    return model
+
+
+@pytest.mark.parametrize("config", LEGACY_MODELS, ids=["lstm", "bi-luong", "gru-bahdanau", "cho"])
+def test_a_checkpoint_of_one_multi_layer_rnn_loads_and_computes_the_same(config):
+    torch.manual_seed(0)
+    legacy = sharpened(legacy_model(config, SRC_VOCAB, TRG_VOCAB), factor=5.0).eval()
+    old_weights = legacy.state_dict()
+    assert f"encoder.rnn.weight_ih_l{config.num_layers - 1}" in old_weights
+    model = build_model(config, SRC_VOCAB, TRG_VOCAB).eval()
+    model.load_state_dict(old_weights)  # strict
+    src, trg = random_batch([6, 4, 5], SRC_VOCAB, 1), random_batch([7, 3, 6], TRG_VOCAB, 2)
+    lengths = torch.tensor([6, 4, 5])
+    with torch.no_grad():
+        for ratio in (1.0, 0.0):  # teacher-forced, and fed its own guesses
+            assert torch.equal(model(src, lengths, trg, ratio), legacy(src, lengths, trg, ratio))
+    assert model.state_dict().keys() != old_weights.keys()  # saved in the new layout
+
+
+def test_an_old_checkpoint_translates_the_same_and_quantizes_to_int8(demo_checkpoint, tmp_path):
+    state = load_checkpoint(demo_checkpoint)
+    config = from_dict(state["config"])
+    src_vocab, trg_vocab = Vocab(state["src_vocab"]), Vocab(state["trg_vocab"])
+    torch.manual_seed(0)
+    legacy = sharpened(legacy_model(config.model, len(src_vocab), len(trg_vocab)), factor=3.0)
+    save_checkpoint({**state, "model": legacy.state_dict()}, tmp_path / "old.pt")
+    sentences = ["good morning", "thank you very much", "see you tomorrow", "let's go"]
+    expected = Translator(legacy, config, src_vocab, trg_vocab).translations(sentences, beam=3)
+    loaded = Translator.load(tmp_path / "old.pt", device="cpu").translations(sentences, beam=3)
+    assert [(best.tokens, best.score) for best, *_ in loaded] == [
+        (best.tokens, best.score) for best, *_ in expected
+    ]
+    assert len({tuple(best.tokens) for best, *_ in loaded}) > 1  # not one answer for all
+
+    quantized = Translator.load(tmp_path / "old.pt", int8=True)
+    for rnn in (quantized.model.encoder.rnn, quantized.model.decoder.rnn):
+        assert all(isinstance(layer, quantized_dynamic.LSTM) for layer in rnn.layers)
+    assert isinstance(quantized.model.decoder.fc_out, quantized_dynamic.Linear)
+    assert len(quantized.translate(sentences)) == len(sentences)
+
+
+def test_int8_translates_the_demo_phrases_like_float(demo_checkpoint):
+    sentences = ["good morning", "thank you very much", "see you tomorrow", "let's go"]
+    float_translations = Translator.load(demo_checkpoint, device="cpu").translate(sentences)
+    assert Translator.load(demo_checkpoint, int8=True).translate(sentences) == float_translations

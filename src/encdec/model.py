@@ -16,11 +16,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from encdec.attention import ATTENTIONS, Attention, Memory
 from encdec.config import ModelConfig
 from encdec.errors import EncdecError
-
-RNN_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
-
-# An LSTM's state is (hidden, cell), each (L, B, H); a GRU's is hidden alone.
-State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+from encdec.rnn import StackedRNN, State
 
 
 @dataclass
@@ -76,9 +72,7 @@ class Encoder(nn.Module):
         self.hidden_dim, self.num_layers = hidden_dim, num_layers
         rnn_dim = hidden_dim // 2 if bidirectional else hidden_dim  # per direction
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        self.rnn = RNN_CELLS[cell](
-            embedding_dim, rnn_dim, num_layers, dropout=dropout, bidirectional=bidirectional
-        )
+        self.rnn = StackedRNN(cell, embedding_dim, rnn_dim, num_layers, dropout, bidirectional)
         self.dropout = nn.Dropout(dropout)
         self.bridge = nn.Linear(hidden_dim, hidden_dim) if bidirectional else None
 
@@ -138,7 +132,7 @@ class Decoder(nn.Module):
         if attention is not None and attention.query_before_rnn or context_every_step:
             rnn_input_dim += hidden_dim  # the context vector read before the step
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
-        self.rnn = RNN_CELLS[cell](rnn_input_dim, hidden_dim, num_layers, dropout=dropout)
+        self.rnn = StackedRNN(cell, rnn_input_dim, hidden_dim, num_layers, dropout)
         if attention is not None or context_every_step:
             self.combine = nn.Linear(2 * hidden_dim, hidden_dim)  # [context; output] -> H
         self.fc_out = nn.Linear(hidden_dim, vocab_size)
