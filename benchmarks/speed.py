@@ -88,9 +88,11 @@ def time_reference_translation(model, examples, sos_idx, eos_idx, max_len) -> fl
     return time.perf_counter() - start
 
 
-def time_encdec_translation(model, examples, trg_vocab, max_len) -> float:
+def time_encdec_translation(model, examples, vocabularies, max_len) -> float:
+    src_vocab, trg_vocab = vocabularies
     start = time.perf_counter()
-    decode_examples(model, examples, trg_vocab, DecodingConfig(max_len=max_len, batch_size=128))
+    decoding = DecodingConfig(max_len=max_len, batch_size=128)
+    decode_examples(model, examples, trg_vocab, decoding, src_pad_idx=src_vocab.pad_idx)
     return time.perf_counter() - start
 
 
@@ -240,7 +242,7 @@ def main() -> None:
         seconds = time_reference_translation(reference_model, test, sos_idx, eos_idx, 25)
         reference_rates.append(len(test) / seconds)
         for model, rates in ((encdec_model, encdec_rates), (int8_model, int8_rates)):
-            seconds = time_encdec_translation(model, test, corpus.trg_vocab, 25)
+            seconds = time_encdec_translation(model, test, (corpus.src_vocab, corpus.trg_vocab), 25)
             rates.append(len(test) / seconds)
     report(
         f"greedy translation sentences/s ({len(test)} test)",

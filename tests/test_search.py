@@ -1,12 +1,22 @@
 """Tests for encdec.search: greedy decoding, its stopping rules, batching, sampling, beams."""
 
+import math
+
 import pytest
 import torch
+from torch import nn
 
 from encdec.batching import collate
 from encdec.config import DecodingConfig, ModelConfig
 from encdec.model import Seq2Seq, build_model
-from encdec.search import beam_search, choose_next, decode, decode_examples
+from encdec.search import (
+    Hypothesis,
+    beam_search,
+    choose_next,
+    decode,
+    decode_examples,
+    normalised_score,
+)
 from encdec.vocab import SPECIALS, Vocab
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -75,7 +85,7 @@ def test_batch_decodes_like_each_sentence_alone(model):
     assert len({len(ids) for ids in alone}) > 1  # sentences leave the batch at different steps
     examples = [(source, [SOS, EOS]) for source in SOURCES]
     decoding = DecodingConfig(max_len=12, batch_size=2)
-    hypotheses = decode_examples(model, examples, TRG_VOCAB_TOKENS, decoding)
+    hypotheses = decode_examples(model, examples, TRG_VOCAB_TOKENS, decoding, src_pad_idx=PAD)
     assert [best.ids for (best,) in hypotheses] == alone
 
 
@@ -132,13 +142,23 @@ def beam_batch(model: Seq2Seq, sources: list[list[int]], beam_size: int, **optio
     )
 
 
-def test_beam_of_one_equals_greedy(model):
-    batch = collate([(source, [SOS, EOS]) for source in SOURCES], list(range(5)), PAD)
-    greedy = decode(model, batch.src, batch.src_lengths, SOS, EOS, 12)
-    beams = beam_batch(model, SOURCES, beam_size=1)
+def test_beam_of_one_ranking_by_log_probability_equals_greedy(model):
+    greedy = decode_hypotheses(model, SOURCES)
+    beams = beam_batch(model, SOURCES, beam_size=1, length_penalty=0.0)
     assert [best.ids for (best,) in beams] == [hypothesis.ids for hypothesis in greedy]
     for (best,), hypothesis in zip(beams, greedy):
         assert best.score == pytest.approx(hypothesis.score, abs=1e-4)
+
+
+def test_beam_of_one_with_a_length_penalty_keeps_greedy_or_finds_a_better_normalised_one(model):
+    # the one live beam goes on past greedy's <eos> while a longer translation could still win
+    greedy = decode_hypotheses(model, SOURCES)
+    beams = beam_batch(model, SOURCES, beam_size=1, length_penalty=1.0)
+    better = 0
+    for (best,), hypothesis in zip(beams, greedy):
+        assert normalised_score(best, 1.0) >= normalised_score(hypothesis, 1.0) - 1e-5
+        better += normalised_score(best, 1.0) > normalised_score(hypothesis, 1.0) + 1e-3
+    assert better > 0
 
 
 def test_hypothesis_score_is_the_models_log_probability(model):
@@ -180,3 +200,94 @@ def test_top_k_sampling_only_picks_among_the_k_likeliest():
     generator = torch.Generator().manual_seed(0)
     picked = choose_next(logits, temperature=10.0, top_k=2, generator=generator)
     assert set(picked.tolist()) == {1, 2}
+
+
+A, B = 4, 5  # two words of a six-token vocabulary: <unk> <pad> <sos> <eos> A B
+
+
+class PrefixState:
+    """A scripted decoder's state: each row's tokens so far, <sos> first."""
+
+    attention = None
+
+    def __init__(self, prefixes: torch.Tensor):
+        self.prefixes = prefixes  # (steps, rows)
+
+    def select(self, index: torch.Tensor) -> "PrefixState":
+        return PrefixState(self.prefixes[:, index])
+
+
+class ScriptedDecoder(nn.Module):
+    """Next-token probabilities looked up by the prefix; the rest of the mass is shared evenly."""
+
+    attention = None
+
+    def __init__(self, script: dict[tuple[int, ...], dict[int, float]], unscripted: dict):
+        super().__init__()
+        self.script, self.unscripted, self.calls = script, unscripted, 0
+
+    def forward(self, tokens: torch.Tensor, state: PrefixState) -> tuple[torch.Tensor, PrefixState]:
+        self.calls += 1
+        prefixes = torch.cat([state.prefixes, tokens])  # (steps + 1, rows)
+        rows = [self.probabilities(tuple(column[1:])) for column in prefixes.T.tolist()]
+        return torch.stack(rows).log().unsqueeze(0), PrefixState(prefixes)  # (1, rows, V)
+
+    def probabilities(self, prefix: tuple[int, ...]) -> torch.Tensor:
+        chosen = self.script.get(prefix, self.unscripted)
+        rest = (1 - sum(chosen.values())) / (6 - len(chosen))
+        return torch.tensor([chosen.get(token, rest) for token in range(6)], dtype=torch.float64)
+
+
+class ScriptedModel(nn.Module):
+    def __init__(self, script: dict, unscripted: dict | None = None):
+        super().__init__()
+        self.decoder = ScriptedDecoder(script, unscripted or {EOS: 0.9})
+
+    def encode(self, src: torch.Tensor, src_lengths: torch.Tensor) -> PrefixState:
+        return PrefixState(torch.zeros(0, src.shape[1], dtype=torch.long))
+
+
+# Short translations end likelier, but A A A ends likeliest per token: with a length penalty of
+# 1 it must win. A search that kept finished beams in the beam would drop A A at step 2, when
+# "" and "A" (both ended) outscore it on raw log-probability.
+LONGER_WINS = {
+    (): {EOS: 0.40, A: 0.35, B: 0.24},
+    (A,): {EOS: 0.55, A: 0.44},
+    (A, A): {A: 0.99},
+    (A, A, A): {EOS: 0.99},
+}
+
+
+def scripted_search(model: ScriptedModel, max_len: int, **options) -> list[Hypothesis]:
+    src = torch.full((3, 1), 4)
+    return beam_search(model, src, torch.tensor([3]), SOS, EOS, max_len, **options)[0]
+
+
+def test_a_longer_translation_wins_under_a_length_penalty():
+    model = ScriptedModel(LONGER_WINS)
+    (best,) = scripted_search(model, max_len=10, beam_size=2, length_penalty=1.0)
+    assert best.ids == [A, A, A]
+    assert best.score == pytest.approx(math.log(0.35 * 0.44 * 0.99 * 0.99))
+    assert model.decoder.calls < 10  # stopped once no live beam could beat it
+
+
+def test_without_a_length_penalty_the_likeliest_short_translation_wins():
+    (best, second) = scripted_search(
+        ScriptedModel(LONGER_WINS), max_len=10, beam_size=2, length_penalty=0.0, n_best=2
+    )
+    assert (best.ids, second.ids) == ([], [B])
+    assert best.score == pytest.approx(math.log(0.40))
+
+
+def test_search_stops_when_no_live_beam_can_beat_the_finished_ones():
+    model = ScriptedModel({(): {EOS: 0.9}})
+    (best,) = scripted_search(model, max_len=10, beam_size=3, length_penalty=1.0)
+    assert best.ids == [] and model.decoder.calls == 1
+
+
+def test_live_beams_finish_at_max_len_without_eos():
+    model = ScriptedModel({}, unscripted={A: 0.9, EOS: 0.01})
+    hypotheses = scripted_search(model, max_len=4, beam_size=2, length_penalty=1.0, n_best=2)
+    assert hypotheses[0].ids == [A] * 4
+    assert hypotheses[0].score == pytest.approx(4 * math.log(0.9))
+    assert len(hypotheses[1].ids) == 4 and model.decoder.calls == 4

@@ -46,34 +46,35 @@ def decode(
     sentences leave the batch, so the work shrinks as they end.
     """
     state = model.encode(src, src_lengths)
-    batch_size = src.shape[1]
-    generated = torch.full((max_len, batch_size), eos_idx, dtype=torch.long)
-    scores = torch.zeros(batch_size)
+    batch_size, device = src.shape[1], src.device
+    # the buffers stay on the model's device; one read at the end brings them to the host
+    generated = torch.full((max_len, batch_size), eos_idx, dtype=torch.long, device=device)
+    scores = torch.zeros(batch_size, device=device)
     attention = None  # (max_len, B, S) weights per step, for a model with attention
     if model.decoder.attention is not None:
-        attention = torch.zeros(max_len, batch_size, src.shape[0])
-    active = torch.arange(batch_size)  # batch positions still decoding
-    tokens = torch.full((1, batch_size), sos_idx, dtype=torch.long, device=src.device)
+        attention = torch.zeros(max_len, batch_size, src.shape[0], device=device)
+    active = torch.arange(batch_size, device=device)  # batch positions still decoding
+    tokens = torch.full((1, batch_size), sos_idx, dtype=torch.long, device=device)
     for step in range(max_len):
         logits, state = model.decoder(tokens, state)  # (1, active, V)
         tokens = choose_next(logits[0], temperature, top_k, generator).unsqueeze(0)  # (1, active)
         log_probs = torch.log_softmax(logits[0], dim=-1)  # (active, V)
-        scores[active] += log_probs.gather(1, tokens.T).squeeze(1).cpu()
-        generated[step, active] = tokens[0].cpu()
+        scores[active] += log_probs.gather(1, tokens.T).squeeze(1)
+        generated[step, active] = tokens[0]
         if attention is not None:
-            attention[step, active] = state.attention[0].cpu()
+            attention[step, active] = state.attention[0]
         unfinished = tokens[0] != eos_idx
-        if not unfinished.any():
+        still_decoding = int(unfinished.sum())  # the step's one read on the host
+        if still_decoding == 0:
             break
-        if not unfinished.all():
-            active, tokens = active[unfinished.cpu()], tokens[:, unfinished]
+        if still_decoding < len(active):
+            active, tokens = active[unfinished], tokens[:, unfinished]
             state = state.select(unfinished)
+    generated, scores = generated.cpu(), scores.tolist()
+    attention = attention.cpu() if attention is not None else None
     return [
         _hypothesis(
-            generated[:, i],
-            scores[i].item(),
-            attention[:, i] if attention is not None else None,
-            eos_idx,
+            generated[:, i], scores[i], attention[:, i] if attention is not None else None, eos_idx
         )
         for i in range(batch_size)
     ]
@@ -107,12 +108,14 @@ def beam_search(
     length_penalty: float = 1.0,
     n_best: int = 1,
 ) -> list[list[Hypothesis]]:
-    """The `n_best` likeliest translations of each sentence found with `beam_size` beams.
+    """The `n_best` translations of each sentence with the best normalised score found by beams.
 
-    Every sentence keeps `beam_size` partial translations, rows of one (B * beam_size) batch.
-    A finished beam can only be extended by <eos> at no cost, so it keeps its score and its
-    place until better beams push it out. Finished translations are ranked by their score
-    divided by length ** `length_penalty` (0 ranks by the raw log-probability).
+    Each sentence keeps `beam_size` live partial translations, rows of one (B * beam) batch. A
+    step looks at the best 2 * beam_size extensions: those that end with <eos> among the first
+    beam_size are set aside as finished, and the best beam_size others live on. A sentence is
+    done, and its rows leave the batch, once it has `n_best` finished translations that no live
+    one can still beat; at `max_len` the live ones finish as they stand. Translations are ranked
+    by score / (len(ids) + 1) ** `length_penalty` (0 ranks by the raw log-probability).
     """
     batch_size, device = src.shape[1], src.device
     state = model.encode(src, src_lengths)
@@ -120,59 +123,115 @@ def beam_search(
     scores = torch.full((batch_size, beam_size), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start equal: keep one so the first step has no duplicates
     tokens = torch.full((1, batch_size * beam_size), sos_idx, dtype=torch.long, device=device)
-    history = tokens[:0]  # (steps, B * beam) chosen tokens
-    attention = torch.zeros(0, batch_size * beam_size, src.shape[0], device=device)
-    finished = torch.zeros(batch_size * beam_size, dtype=torch.bool, device=device)
-    first_beam = torch.arange(batch_size, device=device).unsqueeze(1) * beam_size  # (B, 1)
+    history = tokens[:0]  # (steps, rows) the live rows' tokens
+    attention = None  # (steps, rows, S) the live rows' attention, for a model with attention
+    if model.decoder.attention is not None:
+        attention = torch.zeros(0, batch_size * beam_size, src.shape[0], device=device)
+    searching = list(range(batch_size))  # the sentences whose rows are in the batch, in order
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
     for _ in range(max_len):
-        logits, state = model.decoder(tokens, state)  # (1, B * beam, V)
-        log_probs = torch.log_softmax(logits[0], dim=-1)  # (B * beam, V)
-        log_probs[finished] = float("-inf")
-        log_probs[finished, eos_idx] = 0.0
+        logits, state = model.decoder(tokens, state)  # (1, rows, V)
+        log_probs = torch.log_softmax(logits[0], dim=-1)  # (rows, V)
         vocab_size = log_probs.shape[-1]
-        candidates = (scores.view(-1, 1) + log_probs).view(batch_size, -1)  # (B, beam * V)
-        scores, chosen = candidates.topk(beam_size, dim=-1)  # (B, beam)
-        parents = (first_beam + chosen // vocab_size).view(-1)  # (B * beam,) beam each extends
-        tokens = (chosen % vocab_size).view(1, -1)  # (1, B * beam)
-        history = torch.cat([history[:, parents], tokens])
-        if state.attention is not None:
-            attention = torch.cat([attention[:, parents], state.attention[:, parents]])
-        finished = finished[parents] | (tokens[0] == eos_idx)
-        state = state.select(parents)
-        if finished.all():
-            break
-    return _best_of_beams(
-        history.cpu(),
-        scores.cpu(),
-        attention.cpu() if attention.shape[0] else None,
-        eos_idx,
-        length_penalty,
-        n_best,
-    )
+        candidates = (scores.view(-1, 1) + log_probs).view(len(searching), -1)  # (n, beam * V)
+        top_scores, top = candidates.topk(2 * beam_size, dim=-1)  # (n, 2 * beam), best first
+        first_row = torch.arange(len(searching), device=device).unsqueeze(1) * beam_size  # (n, 1)
+        parents = first_row + top // vocab_size  # (n, 2 * beam) the rows they extend
+        ends = top % vocab_size == eos_idx  # (n, 2 * beam)
+        setting_aside = ends[:, :beam_size] & top_scores[:, :beam_size].isfinite()  # (n, beam)
+        if setting_aside.any():
+            _set_aside(finished, searching, setting_aside, top_scores, parents, history, attention)
+        # at most beam_size candidates end with <eos> (one per row), so beam_size others live on
+        live = top_scores.masked_fill(ends, float("-inf")).topk(beam_size, dim=-1).indices
+        scores = top_scores.gather(1, live)  # (n, beam)
+        rows = parents.gather(1, live).view(-1)  # (n * beam,)
+        tokens = (top.gather(1, live) % vocab_size).view(1, -1)  # (1, n * beam)
+        history = torch.cat([history[:, rows], tokens])
+        if attention is not None:
+            attention = torch.cat([attention[:, rows], state.attention[:, rows]])
+        state = state.select(rows)
+        # A live score only falls, and its length grows to max_len at most, so (with a score
+        # <= 0 and length_penalty >= 0) the best it can still reach is score / (max_len + 1) ** lp.
+        reachable = (scores.max(dim=1).values / (max_len + 1) ** length_penalty).tolist()
+        staying = [
+            index
+            for index, sentence in enumerate(searching)
+            if not _is_done(finished[sentence], reachable[index], n_best, length_penalty)
+        ]
+        if len(staying) < len(searching):
+            if not staying:
+                return _best_finished(finished, length_penalty, n_best)
+            kept = torch.tensor(staying, device=device)
+            rows = (kept.unsqueeze(1) * beam_size + torch.arange(beam_size, device=device)).view(-1)
+            scores, tokens, history = scores[kept], tokens[:, rows], history[:, rows]
+            attention = attention[:, rows] if attention is not None else None
+            state = state.select(rows)
+            searching = [searching[index] for index in staying]
+    _finish_live(finished, searching, scores, history, attention)
+    return _best_finished(finished, length_penalty, n_best)
 
 
-def _best_of_beams(
+def normalised_score(hypothesis: Hypothesis, length_penalty: float) -> float:
+    """What beam search ranks by: score / (tokens + 1) ** length_penalty, <eos> counted."""
+    return hypothesis.score / (len(hypothesis.ids) + 1) ** length_penalty
+
+
+def _is_done(
+    finished: list[Hypothesis], reachable: float, n_best: int, length_penalty: float
+) -> bool:
+    """Whether `n_best` finished translations are kept that no live one can beat any more."""
+    if len(finished) < n_best:
+        return False
+    kept = sorted((normalised_score(h, length_penalty) for h in finished), reverse=True)
+    return reachable <= kept[n_best - 1]
+
+
+def _set_aside(
+    finished: list[list[Hypothesis]],
+    searching: list[int],
+    setting_aside: torch.Tensor,
+    top_scores: torch.Tensor,
+    parents: torch.Tensor,
     history: torch.Tensor,
-    scores: torch.Tensor,
     attention: torch.Tensor | None,
-    eos_idx: int,
-    length_penalty: float,
-    n_best: int,
+) -> None:
+    """Add the candidates that end with <eos> to their sentences' finished translations."""
+    beam_size = setting_aside.shape[1]
+    rows = parents[:, :beam_size][setting_aside]  # (m,) the live rows they end
+    scores = top_scores[:, :beam_size][setting_aside].tolist()
+    ids = history[:, rows].T.tolist()  # m lists of tokens, <eos> left out
+    weights = attention[:, rows].cpu() if attention is not None else None  # (steps, m, S)
+    sentences = setting_aside.nonzero()[:, 0].tolist()
+    for index, (sentence, score) in enumerate(zip(sentences, scores)):
+        looked = weights[:, index] if weights is not None else None
+        finished[searching[sentence]].append(Hypothesis(ids[index], score, looked))
+
+
+def _finish_live(
+    finished: list[list[Hypothesis]],
+    searching: list[int],
+    scores: torch.Tensor,
+    history: torch.Tensor,
+    attention: torch.Tensor | None,
+) -> None:
+    """At max_len: the live rows, cut off without <eos>, join their sentences' finished ones."""
+    beam_size = scores.shape[1]
+    flat_scores, ids = scores.view(-1).tolist(), history.T.tolist()
+    weights = attention.cpu() if attention is not None else None  # (max_len, rows, S)
+    for row, score in enumerate(flat_scores):
+        if score != float("-inf"):  # a row that never had a real candidate to extend
+            looked = weights[:, row] if weights is not None else None
+            finished[searching[row // beam_size]].append(Hypothesis(ids[row], score, looked))
+
+
+def _best_finished(
+    finished: list[list[Hypothesis]], length_penalty: float, n_best: int
 ) -> list[list[Hypothesis]]:
-    """Each sentence's beams as hypotheses, best first by length-normalised score."""
-    batch_size, beam_size = scores.shape
-    results = []
-    for sentence in range(batch_size):
-        beams = []
-        for beam in range(beam_size):
-            row = sentence * beam_size + beam
-            beam_attention = attention[:, row] if attention is not None else None
-            beams.append(
-                _hypothesis(history[:, row], scores[sentence, beam].item(), beam_attention, eos_idx)
-            )
-        beams.sort(key=lambda h: h.score / (len(h.ids) + 1) ** length_penalty, reverse=True)
-        results.append(beams[:n_best])
-    return results
+    """Each sentence's `n_best` finished translations, best first by normalised score."""
+    return [
+        sorted(hypotheses, key=lambda h: normalised_score(h, length_penalty), reverse=True)[:n_best]
+        for hypotheses in finished
+    ]
 
 
 def _hypothesis(
@@ -191,17 +250,20 @@ def decode_examples(
     decoding: DecodingConfig,
     n_best: int = 1,
     generator: torch.Generator | None = None,
+    *,
+    src_pad_idx: int,
 ) -> list[list[Hypothesis]]:
     """Decode the sources of many examples in length-sorted batches; results in input order.
 
-    Each example gets its `n_best` hypotheses (one, unless beam search is asked for more).
+    Each example gets its `n_best` hypotheses (one, unless beam search is asked for more). The
+    sources are padded with `src_pad_idx`, the source vocabulary's <pad>.
     """
     model.eval()
     device = next(model.parameters()).device
     outputs: list[list[Hypothesis]] = [[] for _ in examples]
     batches = evaluation_batches(examples, decoding.batch_size)
     for indices in progress_bar(batches, desc="translating", unit="batch", leave=False):
-        batch = collate(examples, indices, trg_vocab.pad_idx)
+        batch = collate(examples, indices, src_pad_idx)  # only its source is read
         src = batch.src.to(device)
         ends = (trg_vocab.sos_idx, trg_vocab.eos_idx, decoding.max_len)
         if decoding.beam_size > 1:

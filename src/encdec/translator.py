@@ -123,7 +123,13 @@ class Translator:
         decoding = self._decoding(n_best, {"beam_size": beam, **options})
         examples = self.examples(source_tokens, [[] for _ in source_tokens])
         hypotheses = decode_examples(
-            self.model, examples, self.trg_vocab, decoding, n_best, self._generator(seed)
+            self.model,
+            examples,
+            self.trg_vocab,
+            decoding,
+            n_best,
+            self._generator(seed),
+            src_pad_idx=self.src_vocab.pad_idx,
         )
         return [
             [self._translation(sentence, tokens, h, decoding.unk_replace) for h in sentence_hyps]
