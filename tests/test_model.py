@@ -372,6 +372,17 @@ def test_a_checkpoint_of_one_multi_layer_rnn_loads_and_computes_the_same(config)
     assert model.state_dict().keys() != old_weights.keys()  # saved in the new layout
 
 
+@pytest.mark.parametrize("config", LEGACY_MODELS, ids=["lstm", "bi-luong", "gru-bahdanau", "cho"])
+def test_parameters_keep_the_order_of_one_multi_layer_rnn(config):
+    # last.pt lists Adam's moments in parameter order: an old one resumes each on its weight
+    torch.manual_seed(0)
+    legacy = legacy_model(config, SRC_VOCAB, TRG_VOCAB)
+    model = build_model(config, SRC_VOCAB, TRG_VOCAB)
+    model.load_state_dict(legacy.state_dict())
+    pairs = list(zip(legacy.parameters(), model.parameters(), strict=True))
+    assert all(torch.equal(old, new) for old, new in pairs)
+
+
 def test_an_old_checkpoint_translates_the_same_and_quantizes_to_int8(demo_checkpoint, tmp_path):
     state = load_checkpoint(demo_checkpoint)
     config = from_dict(state["config"])

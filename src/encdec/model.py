@@ -6,7 +6,6 @@ L = layers, V = vocabulary size. Sequences are time-major, (S, B), as in the tex
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import torch
@@ -101,11 +100,15 @@ class Decoder(nn.Module):
     """Predicts the next target token from the previous one and the running state.
 
     Called with one step of input tokens, (1, B), it is the textbook's one-step decoder; called
-    with several steps it runs them in one RNN call, which is how teacher forcing gets fast.
-    With attention, the RNN's output and the context read from the encoder's outputs are
-    combined into the attentional vector that predicts the token (Luong et al., 2015). Without
-    attention, `context_every_step` gives every step the encoder's summary instead, as input
-    and beside the output (Cho et al., 2014), so the decoder need not carry it in its state.
+    with several (teacher forcing), it runs them in one RNN call unless a step's input needs the
+    step before. `forward` takes one of four ways, by the model's kind:
+    - `_without_attention`, the textbook's: the RNN's output predicts the token.
+    - `_with_fixed_context` (`context_every_step`): every step reads the encoder's summary, as
+      input and beside the output (Cho et al., 2014), so the state need not carry it.
+    - `_attending_after_all_steps`: the RNN's output and the context read from the encoder's
+      outputs make the attentional vector that predicts the token (Luong et al., 2015).
+    - `_attending_step_by_step`: the same when a step's input needs the step before: input
+      feeding, or Bahdanau attention, which reads before the RNN step.
     """
 
     def __init__(
@@ -141,37 +144,47 @@ class Decoder(nn.Module):
     def forward(
         self, input_tokens: torch.Tensor, state: DecoderState
     ) -> tuple[torch.Tensor, DecoderState]:
-        # input_tokens: (steps, B)
+        """Scores (steps, B, V) for the token after each of `input_tokens` (steps, B); new state."""
         embedded = self.dropout(self.embedding(input_tokens))  # (steps, B, E)
         if self.context_every_step:
-            return self._read_fixed_context(embedded, state)
+            return self._with_fixed_context(embedded, state)
         if self.attention is None:
-            output, rnn_state = self.rnn(embedded, state.rnn)  # output: (steps, B, H)
-            return self.fc_out(output), DecoderState(rnn_state)
+            return self._without_attention(embedded, state)
         if self.attention.query_before_rnn or self.input_feeding:
-            attentional, state = self._attend_step_by_step(embedded, state)
-        else:  # Luong without input feeding: every step in one RNN call, one batched attention
-            output, rnn_state = self.rnn(embedded, state.rnn)  # (steps, B, H)
-            context, weights = self.attention(output, state.memory)  # (steps, B, H)
-            attentional = torch.tanh(self.combine(torch.cat([context, output], -1)))
-            state = DecoderState(rnn_state, state.memory, attentional[-1:], weights)
-        prediction = self.fc_out(self.dropout(attentional))  # (steps, B, V)
-        return prediction, state
+            return self._attending_step_by_step(embedded, state)
+        return self._attending_after_all_steps(embedded, state)
 
-    def _read_fixed_context(
+    def _without_attention(
         self, embedded: torch.Tensor, state: DecoderState
     ) -> tuple[torch.Tensor, DecoderState]:
-        """Predictions when every step reads the same context vector: all steps in one call."""
+        """The textbook's decoder: the top layer's output predicts the token; steps in one call."""
+        output, rnn_state = self.rnn(embedded, state.rnn)  # (steps, B, H)
+        return self.fc_out(output), DecoderState(rnn_state)  # (steps, B, V)
+
+    def _with_fixed_context(
+        self, embedded: torch.Tensor, state: DecoderState
+    ) -> tuple[torch.Tensor, DecoderState]:
+        """Every step reads the same context vector, as input and beside the output (Cho et al.)."""
         context = state.fixed_context.expand(embedded.shape[0], -1, -1)  # (steps, B, H)
         output, rnn_state = self.rnn(torch.cat([embedded, context], -1), state.rnn)  # (steps, B, H)
-        combined = torch.tanh(self.combine(torch.cat([context, output], -1)))  # (steps, B, H)
+        combined = self._combined(context, output)  # (steps, B, H)
         prediction = self.fc_out(self.dropout(combined))  # (steps, B, V)
         return prediction, DecoderState(rnn_state, fixed_context=state.fixed_context)
 
-    def _attend_step_by_step(
+    def _attending_after_all_steps(
         self, embedded: torch.Tensor, state: DecoderState
     ) -> tuple[torch.Tensor, DecoderState]:
-        """Attentional vectors (steps, B, H) when a step's input needs the step before it."""
+        """Luong attention without input feeding: steps in one RNN call, one batched attention."""
+        output, rnn_state = self.rnn(embedded, state.rnn)  # (steps, B, H)
+        context, weights = self.attention(output, state.memory)  # (steps, B, H), (steps, B, S)
+        attentional = self._combined(context, output)  # (steps, B, H)
+        prediction = self.fc_out(self.dropout(attentional))  # (steps, B, V)
+        return prediction, DecoderState(rnn_state, state.memory, attentional[-1:], weights)
+
+    def _attending_step_by_step(
+        self, embedded: torch.Tensor, state: DecoderState
+    ) -> tuple[torch.Tensor, DecoderState]:
+        """Attention when a step's input needs the step before it (input feeding, Bahdanau)."""
         attentional_vectors, all_weights = [], []
         for step_input in embedded.split(1):  # (1, B, E)
             rnn_inputs = [step_input]
@@ -183,12 +196,17 @@ class Decoder(nn.Module):
             output, rnn_state = self.rnn(torch.cat(rnn_inputs, -1), state.rnn)  # (1, B, H)
             if not self.attention.query_before_rnn:
                 context, weights = self.attention(output, state.memory)
-            attentional = torch.tanh(self.combine(torch.cat([context, output], -1)))
+            attentional = self._combined(context, output)  # (1, B, H)
             state = DecoderState(rnn_state, state.memory, attentional)
             attentional_vectors.append(attentional)
             all_weights.append(weights)
         state.attention = torch.cat(all_weights)  # (steps, B, S)
-        return torch.cat(attentional_vectors), state
+        prediction = self.fc_out(self.dropout(torch.cat(attentional_vectors)))  # (steps, B, V)
+        return prediction, state
+
+    def _combined(self, context: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """tanh(W [context; output]): Luong's attentional vector, or Cho's output beside context."""
+        return torch.tanh(self.combine(torch.cat([context, output], -1)))
 
 
 def _top_hidden(rnn_state: State) -> torch.Tensor:
@@ -223,16 +241,28 @@ class Seq2Seq(nn.Module):
         src: torch.Tensor,
         src_lengths: torch.Tensor,
         trg: torch.Tensor,
-        teacher_forcing_ratio: float = 0.5,
+        teacher_forcing_ratio: float,
+        coins: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Scores for target positions 1..T-1 given the source, shape (T-1, B, V).
 
-        Position t's input is the true token trg[t-1] with probability `teacher_forcing_ratio`
-        (one coin per step, as in the textbook), else the model's own previous guess. Runs of
-        teacher-forced steps need no guess, so each run goes through the decoder in one call.
+        Position 1 reads <sos>. Each later position t reads the true token trg[t-1] when its
+        coin, uniform in [0, 1), falls below `teacher_forcing_ratio` (one coin per step, as in
+        the textbook), else the model's own previous guess. `coins` (k >= T-2,) are the steps'
+        coins in order, drawn by the caller (training: steps.teacher_forcing_coins); a ratio of
+        0 or 1 needs none. Runs of teacher-forced steps go through the decoder in one call.
         """
+        steps = trg.shape[0] - 2  # the positions after the first
+        if coins is None:
+            if 0 < teacher_forcing_ratio < 1:
+                raise EncdecError(
+                    f"teacher_forcing_ratio {teacher_forcing_ratio} needs coins, one per step"
+                )
+            coins = torch.zeros(steps)  # every coin is below a ratio of 1, none below 0
+        if len(coins) < steps:
+            raise EncdecError(f"{len(coins)} teacher-forcing coins for {steps} steps")
+        forced = [True, *(coins[:steps] < teacher_forcing_ratio).tolist()]
         state = self.encode(src, src_lengths)
-        forced = [True] + [random.random() < teacher_forcing_ratio for _ in range(trg.shape[0] - 2)]
         predictions = []
         step, next_input = 0, trg[:1]  # (1, B): <sos>
         while step < len(forced):
