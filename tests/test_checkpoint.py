@@ -194,3 +194,40 @@ def test_atomically_written_files_get_the_mode_of_any_new_file(tmp_path):
         os.umask(umask)
     assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "out.txt").read_bytes() == b"text\n"
+
+
+@pytest.mark.parametrize("kept", [1, 10, 0.5])
+def test_truncated_file_error_is_one_short_line(tmp_path, kept):
+    path = tmp_path / "model.pt"
+    save_checkpoint(make_state(), path)
+    size = path.stat().st_size
+    path.write_bytes(path.read_bytes()[: int(kept * size) if kept < 1 else kept])
+    with pytest.raises(EncdecError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert "\n" not in message and len(message.replace(str(path), "")) < 250, message
+    assert str(path) in message and "truncated or not a checkpoint" in message
+    assert "If you are seeing this error" not in message  # PyTorch's advice, not the gist
+
+
+def test_run_folder_means_its_best_pt(tmp_path):
+    save_checkpoint(make_state(seed=1), tmp_path / "best.pt")
+    save_checkpoint(make_state(seed=2), tmp_path / "last.pt")
+    state = load_checkpoint(tmp_path)
+    assert torch.equal(state["model"]["rnn.bias"], make_state(seed=1)["model"]["rnn.bias"])
+    assert checkpoint.resolve_checkpoint(tmp_path) == tmp_path / "best.pt"
+
+
+def test_folder_without_best_pt_is_an_error_naming_it(tmp_path):
+    save_checkpoint(make_state(), tmp_path / "last.pt")
+    with pytest.raises(EncdecError, match=f"{names_file(tmp_path)} is a folder without a best.pt"):
+        load_checkpoint(tmp_path)
+
+
+def test_averaging_run_folders_averages_their_best_pt(tmp_path):
+    for seed in (1, 2):
+        (tmp_path / f"run{seed}").mkdir()
+        save_checkpoint(make_state(seed), tmp_path / f"run{seed}" / "best.pt")
+    averaged = checkpoint.average_checkpoints([tmp_path / "run1", tmp_path / "run2"])
+    expected = (make_state(1)["model"]["rnn.bias"] + make_state(2)["model"]["rnn.bias"]) / 2
+    torch.testing.assert_close(averaged["model"]["rnn.bias"], expected)

@@ -1,17 +1,23 @@
 """Tests for encdec.translator on the demo's toy English->Spanish model (trained once)."""
 
 import copy
+import json
 import math
+import shutil
+import subprocess
+import sys
 
 import pytest
+import torch
 
 from encdec.checkpoint import load_checkpoint
 from encdec.cli import DEMO_CONFIG
 from encdec.config import from_dict
+from encdec.corpus import build_corpus
 from encdec.data import toy_phrases
 from encdec.errors import EncdecError
 from encdec.metrics import bleu
-from encdec.training import train
+from encdec.training import evaluate_split, train
 from encdec.translator import Translator
 from encdec.vocab import EOS, PAD, SOS
 
@@ -143,3 +149,81 @@ def test_train_from_python_without_a_run_dir_makes_one_under_runs(tmp_path, monk
     train(from_dict(raw), quiet=True)
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert (run_dir / "best.pt").is_file() and (run_dir / "metrics.jsonl").is_file()
+
+
+def sampled_translations(translator: Translator) -> dict[int, list[str]]:
+    """Hot samples of every toy phrase with seeds 0, 0 again, and 1."""
+    sources = [source for source, _ in toy_phrases()["train"]]
+    return {
+        run: translator.translate(sources, temperature=5.0, seed=seed)
+        for run, seed in enumerate((0, 0, 1))
+    }
+
+
+def test_seeded_sampling_repeats_and_other_seeds_differ(demo_checkpoint):
+    samples = sampled_translations(Translator.load(demo_checkpoint, device="cpu"))
+    assert samples[0] == samples[1]
+    assert samples[0] != samples[2]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_seeded_sampling_on_cuda_repeats_and_other_seeds_differ(demo_checkpoint):
+    samples = sampled_translations(Translator.load(demo_checkpoint, device="cuda"))
+    assert samples[0] == samples[1]
+    assert samples[0] != samples[2]
+
+
+def test_training_validation_scores_equal_those_of_evaluate(demo_checkpoint):
+    translator = Translator.load(demo_checkpoint, device="cpu")
+    corpus = build_corpus(translator.config.data)
+    validation = evaluate_split(translator.model, corpus, "valid", translator.config)
+    evaluated = translator.evaluate(corpus.pairs["valid"], beam_size=1, temperature=0.0)
+    for key in ("loss", "ppl", "bleu", "bleu_tok", "chrf"):
+        assert validation[f"valid_{key}"] == pytest.approx(evaluated[key]), key
+
+
+def test_best_pt_holds_what_translating_needs_and_last_pt_the_training_state(demo_checkpoint):
+    best, last_path = load_checkpoint(demo_checkpoint), demo_checkpoint.parent / "last.pt"
+    translating = {"model", "config", "src_vocab", "trg_vocab", "src_subwords", "trg_subwords"}
+    assert translating | {"epoch", "valid_loss"} <= set(best)
+    assert not {"optimizer", "rng_by_rank", "batches", "selection"} & set(best)
+    assert {"optimizer", "rng_by_rank", "selection"} <= set(load_checkpoint(last_path))
+    # without Adam's two moments per weight, best.pt is about a third of last.pt
+    assert demo_checkpoint.stat().st_size < 0.45 * last_path.stat().st_size
+
+
+def test_a_best_pt_with_training_state_as_earlier_versions_wrote_still_translates(
+    demo_checkpoint, tmp_path
+):
+    shutil.copy(demo_checkpoint.parent / "last.pt", tmp_path / "best.pt")  # optimizer and all
+    assert Translator.load(tmp_path / "best.pt", device="cpu").translate(["let's go"]) == ["vamos"]
+
+
+def imported_modules(statement: str) -> set[str]:
+    """The modules a fresh interpreter holds after running `statement`."""
+    code = f"{statement}; import json, sys; print(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    return set(json.loads(result.stdout))
+
+
+TRAINING_MODULES = {"encdec.training", "encdec.steps", "encdec.run_state", "encdec.corpus"}
+TRAINING_MODULES |= {"encdec.distributed", "encdec.data", "encdec.stop_signals"}
+
+
+def test_import_encdec_and_search_load_neither_spacy_nor_training():
+    modules = imported_modules("import encdec, encdec.search")
+    assert not {"spacy", "encdec.translator", *TRAINING_MODULES} & modules
+
+
+def test_translating_imports_no_training_module():
+    assert not TRAINING_MODULES & imported_modules("import encdec.translator")
+
+
+def test_public_names_load_on_first_use():
+    modules = imported_modules(
+        "from encdec import Config, Translator, load_config, train; "
+        "assert Translator.__module__ == 'encdec.translator' and callable(train)"
+    )
+    assert {"encdec.training", "encdec.translator", "encdec.config"} <= modules

@@ -73,16 +73,33 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
         torch.save({"format_version": FORMAT_VERSION, **state}, file)
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint, with a clear error for a missing, corrupt, foreign or newer file."""
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint file `path` names: the file itself, or a run folder's best.pt."""
     path = Path(path)
+    if path.is_dir():
+        if not (path / "best.pt").is_file():
+            raise EncdecError(
+                f"{path} is a folder without a best.pt: give a checkpoint file, or the --out "
+                "folder of a run that has finished an epoch"
+            )
+        return path / "best.pt"
     if not path.is_file():
         raise EncdecError(f"checkpoint not found: {path}")
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint file, or a run folder's best.pt.
+
+    A missing, corrupt, foreign or newer file is a clear one-line error.
+    """
+    path = resolve_checkpoint(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # torch raises many kinds for a damaged file
         raise EncdecError(
-            f"checkpoint {path} cannot be read (truncated or not a checkpoint): {error}"
+            f"checkpoint {path} cannot be read: it is truncated or not a checkpoint "
+            f"({_first_sentence(error)}); copy it again, or use another checkpoint"
         ) from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise EncdecError(f"{path} is not an encdec checkpoint (it has no format_version)")
@@ -96,6 +113,12 @@ def load_checkpoint(path: str | Path) -> dict:
     if any(key not in state for key in REQUIRED_KEYS):
         raise EncdecError(f"{path} is not an encdec checkpoint (missing model, config or vocab)")
     return state
+
+
+def _first_sentence(error: Exception) -> str:
+    """The gist of a (maybe long, many-line) error message, on one line."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text.split(". ")[0].removesuffix(".")
 
 
 def rng_states(data_order: random.Random) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import shutil
 import tempfile
@@ -66,6 +67,7 @@ from encdec.steps import (
     make_optimizer,
     optimizer_step,
     seed_everything,
+    teacher_forcing_coins,
 )
 from encdec.stop_signals import StopSignals, catching_stop_signals
 from encdec.translator import Translator
@@ -140,6 +142,31 @@ def _check_precision(precision: str, device: torch.device) -> None:
         )
 
 
+@contextlib.contextmanager
+def _deterministic_kernels(on: bool) -> Iterator[None]:
+    """With `on` (training.deterministic), GPU kernels that give the same bits every time.
+
+    cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it starts, at the process's first GPU matrix product.
+    """
+    if not on:
+        yield
+        return
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2:]
+
+
 def _parallel(model: Seq2Seq, processes: Processes) -> nn.Module:
     """The model as the training step calls it: one replica per process, gradients averaged."""
     if not processes.distributed:
@@ -172,6 +199,7 @@ def _build_run(config: Config, out_dir: Path, processes: Processes) -> Run:
         per_epoch=epoch_scheduler(optimizer, settings),
         selection=Selection(settings.select_by),
         data_order=random.Random(settings.seed),
+        teacher_forcing=torch.Generator().manual_seed(settings.seed),
         progress=Progress(),
         out_dir=out_dir,
         processes=processes,
@@ -258,14 +286,18 @@ def _train_step(run: Run, indices: list[int], stop: StopSignals) -> bool:
     """
     settings, progress, processes = run.config.training, run.progress, run.processes
     start = time.perf_counter()
+    examples, ratio = run.corpus.examples["train"], settings.teacher_forcing_ratio
+    # drawn for the whole batch, so every process reads the same coins for its share
+    coins = teacher_forcing_coins(ratio, examples, indices, run.teacher_forcing)
     loss_sum, smoothed_sum, n_tokens = batch_losses(
         run.trainable,
-        run.corpus.examples["train"],
+        examples,
         shard(indices, processes.rank, processes.world_size),
         run.corpus.trg_vocab.pad_idx,
-        settings.teacher_forcing_ratio,
+        ratio,
         settings.label_smoothing,
         settings.precision,
+        coins,
     )
     # one all-reduce carries the losses, the token counts and the processes' stop signals
     batch_loss_sum, batch_tokens, stop_votes = sum_across(
@@ -357,12 +389,12 @@ def _end_epoch(run: Run, stop: StopSignals) -> None:
     progress.finished = progress.epoch >= settings.epochs or _stops_early(
         selection, settings.patience, progress.epoch
     )
-    state = resume_state(run)
     if is_best:  # best.pt before last.pt: a crash between them redoes this epoch's end
-        _save({**state, selection.key: selection.best}, run, "best.pt")
+        best = {"epoch": progress.epoch, selection.key: selection.best}
+        _save(checkpoint_state(run.model, run.corpus, run.config, **best), run, "best.pt")
     if settings.keep_checkpoints:
         _keep_epoch_weights(run, settings.keep_checkpoints)
-    _save(state, run, "last.pt")
+    _save(resume_state(run), run, "last.pt")
     if stop.requested(run.processes):
         stop.raise_stopped(run)
 
@@ -439,7 +471,8 @@ def train(
             run = _resumed_run(state, config, epochs, out_dir, processes)
         del state  # the saved tensors now live in the run
         run_on_main(partial(_free_space_for_checkpoints, out_dir, run.model), processes)
-        with silence_bars(quiet or not processes.is_main):
+        deterministic = _deterministic_kernels(run.config.training.deterministic)
+        with deterministic, silence_bars(quiet or not processes.is_main):
             with catching_stop_signals() as stop, _reporting(run) as epoch_bar:
                 while not run.progress.finished:
                     _train_epoch(run, stop)
