@@ -76,6 +76,7 @@ class TrainingConfig:
     keep_checkpoints: int = 0  # also keep the weights of the last N epochs, for averaging
     precision: str = "fp32"  # fp32 | bf16 | fp16: automatic mixed precision (CUDA only)
     compile: bool = False  # torch.compile the encoder and decoder
+    deterministic: bool = False  # CUDA: kernels that repeat bit for bit, so runs and resumes do
 
 
 @dataclass
