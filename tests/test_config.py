@@ -5,11 +5,18 @@ from pathlib import Path
 
 import pytest
 
-from encdec.config import Config, DecodingConfig, load_config, parse_override
+from encdec.config import (
+    Config,
+    DecodingConfig,
+    check_every_key_counts,
+    load_config,
+    parse_override,
+)
 from encdec.errors import EncdecError
 from encdec.model import build_model
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = REPO_ROOT / "configs"
 SEED_CONFIG = CONFIGS / "multi30k_seed.yaml"
 
 
@@ -248,3 +255,35 @@ def test_exponent_without_a_dot_is_read_as_a_float(tmp_path):
 def test_text_that_is_no_number_is_still_a_wrong_type():
     with pytest.raises(EncdecError, match="training.lr"):
         load_config(None, ["training.lr=fast"])
+
+
+RECIPES = [*sorted(CONFIGS.glob("*.yaml")), REPO_ROOT / "examples/dna_to_protein/config.yaml"]
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda path: path.name)
+def test_every_key_of_every_recipe_counts(path):
+    check_every_key_counts(load_config(path))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "remedy"),
+    [
+        (["data.train_src=a.de", "data.train_trg=a.en"], "data.train_src", "data.dataset: files"),
+        (["data.test_tsv=test.tsv"], "data.test_tsv", "data.dataset: files"),
+        (["data.dataset=toy", "data.data_dir=multi30k"], "data.data_dir", "dataset: multi30k"),
+        (["data.subword_vocab_size=4000"], "data.subword_vocab_size", "data.subwords: bpe"),
+        (["data.long_pairs=truncate"], "data.long_pairs", "data.max_len"),
+        (["training.lr_patience=0"], "training.lr_patience", "lr_schedule: plateau"),
+        (["training.warmup_steps=100"], "training.warmup_steps", "lr_schedule: warmup_decay"),
+    ],
+)
+def test_a_key_that_has_no_effect_is_an_error_naming_what_would_make_it_count(
+    overrides, key, remedy
+):
+    with pytest.raises(EncdecError, match=f"'{re.escape(key)}' .*no effect.*{re.escape(remedy)}"):
+        check_every_key_counts(load_config(SEED_CONFIG, overrides))
+
+
+def test_a_key_set_beside_what_makes_it_count_is_accepted():
+    overrides = ["data.dataset=files", "data.train_src=a.de", "training.lr_schedule=plateau"]
+    check_every_key_counts(load_config(SEED_CONFIG, [*overrides, "training.lr_patience=0"]))

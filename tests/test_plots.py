@@ -93,6 +93,36 @@ def test_curves_panels_are_labelled():
     ]
 
 
+def visible_epoch_ticks(figure: Figure) -> list[list[float]]:
+    figure.canvas.draw()
+    ticks = []
+    for axes in figure.axes:
+        low, high = axes.get_xlim()
+        ticks.append([tick for tick in axes.get_xticks() if low <= tick <= high])
+    return ticks
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 7, 40])
+def test_epoch_ticks_are_whole_numbers(epochs):
+    figure = plots.learning_curves([epoch_record(epoch) for epoch in range(1, epochs + 1)])
+    plots.FigureCanvasAgg(figure)
+    for ticks in visible_epoch_ticks(figure):
+        assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
+    if epochs == 1:
+        assert visible_epoch_ticks(figure) == [[1.0]] * 3
+
+
+@pytest.mark.parametrize("epochs", [3, 100])
+def test_every_curve_of_a_panel_has_its_own_style_and_few_markers(epochs):
+    figure = plots.learning_curves([epoch_record(epoch) for epoch in range(1, epochs + 1)])
+    for axes in figure.axes:
+        lines = axes.get_lines()
+        looks = {(line.get_linestyle(), line.get_marker()) for line in lines}
+        assert len(looks) == len(lines), looks  # same values would still show two lines
+        for line in lines:
+            assert len(line.get_xdata()[:: line.get_markevery()]) <= plots.MOST_MARKERS
+
+
 def test_missing_metrics_names_the_file(tmp_path):
     with pytest.raises(EncdecError, match="metrics.jsonl: no such file"):
         plots.plot_curves(tmp_path)

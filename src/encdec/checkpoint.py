@@ -30,9 +30,21 @@ TRANSLATION_KEYS = ("config", "src_vocab", "trg_vocab", "src_subwords", "trg_sub
 
 @contextlib.contextmanager
 def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
-    """Open a temporary file beside `path`; on success it is synced and renamed over `path`."""
+    """Open a temporary file beside `path`; on success it is synced and renamed over `path`.
+
+    A `path` that is a folder, or whose folder is missing or read-only, is an EncdecError.
+    """
     path = Path(path)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise EncdecError(f"cannot write {path}: it is a folder; name a file")
+    if not path.parent.is_dir():
+        raise EncdecError(f"cannot write {path}: folder {path.parent} does not exist")
+    try:
+        handle, temp_name = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
+    except OSError as error:
+        raise EncdecError(f"cannot write {path}: {error.strerror}") from None
     try:
         os.chmod(temp_name, _new_file_mode())  # mkstemp's files are private (0600)
         with os.fdopen(handle, "wb") as file:

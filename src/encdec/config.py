@@ -220,6 +220,50 @@ def from_dict(raw: dict) -> Config:
     return config
 
 
+MULTI30K_KEY = ("data.dataset: multi30k", lambda config: config.data.dataset == "multi30k")
+FILES_KEY = ("data.dataset: files", lambda config: config.data.dataset == "files")
+PLATEAU_KEY = (
+    "training.lr_schedule: plateau",
+    lambda config: config.training.lr_schedule == "plateau",
+)
+# keys that count only beside another setting: (what makes them count, whether it is set)
+COUNTS_ONLY_WITH = {
+    ("data", "data_dir"): MULTI30K_KEY,
+    **{
+        ("data", f"{split}_{side}"): FILES_KEY
+        for split in ("train", "valid", "test")
+        for side in ("src", "trg", "tsv")
+    },
+    ("data", "subword_vocab_size"): (
+        "data.subwords: bpe or unigram",
+        lambda config: config.data.subwords != "none",
+    ),
+    ("data", "long_pairs"): ("data.max_len", lambda config: config.data.max_len is not None),
+    ("training", "lr_decay_factor"): PLATEAU_KEY,
+    ("training", "lr_patience"): PLATEAU_KEY,
+    ("training", "min_lr"): PLATEAU_KEY,
+    ("training", "warmup_steps"): (
+        "training.lr_schedule: warmup_decay",
+        lambda config: config.training.lr_schedule == "warmup_decay",
+    ),
+}
+
+
+def check_every_key_counts(config: Config) -> None:
+    """Refuse a key set away from its default where nothing reads it, naming what would.
+
+    E.g. data.train_src with data.dataset: multi30k would train on Multi30k without a word.
+    """
+    defaults = Config()
+    for (section, key), (remedy, counts) in COUNTS_ONLY_WITH.items():
+        value = getattr(getattr(config, section), key)
+        if value != getattr(getattr(defaults, section), key) and not counts(config):
+            raise EncdecError(
+                f"config key '{section}.{key}' is set ({value!r}) but has no effect: it counts "
+                f"only with {remedy}; set that too, or leave {section}.{key} out"
+            )
+
+
 def parse_override(assignment: str) -> tuple[str, str, object]:
     """Split 'section.key=value' and parse the value as YAML (so 0.5, true, null work)."""
     name, sep, text = assignment.partition("=")

@@ -27,6 +27,15 @@ class Corpus:
     truncated: int = 0  # training pairs cut to data.max_len tokens (data.long_pairs: truncate)
 
 
+def check_data_config(config: DataConfig) -> None:
+    """The language codes a data config names, checked before any data is read or run made."""
+    if config.dataset == "multi30k":
+        data.check_multi30k_languages(config.src_lang, config.trg_lang)
+    if config.tokenizer == "spacy":
+        for tokenizer in tokenizer_pair(config):
+            tokenizer.words_many([])  # loads spaCy's rules: an unknown language fails here
+
+
 def read_splits(config: DataConfig) -> dict[str, list[data.Pair]]:
     """Raw sentence pairs per split: Multi30k, the embedded toy phrases, or the user's files."""
     if config.dataset == "toy":

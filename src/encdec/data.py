@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.request
 import zlib
 from collections.abc import Iterable
@@ -125,20 +124,12 @@ def _split_tsv_line(line: str, path: str | Path, line_number: int) -> Pair:
 
 def download_file(url: str, dest: Path, sha256: str | None) -> Path:
     """Download url to dest, checking its SHA-256 if given; dest appears whole or not at all."""
+    from encdec.checkpoint import atomic_file  # torch is imported only when a download happens
+
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(handle, "wb") as temp_file:
-            digest = _fetch(url, temp_file)
-            _check_sha256(dest, expected=sha256, actual=digest)
-            temp_file.flush()
-            os.fsync(temp_file.fileno())
-        os.replace(temp_name, dest)
-    except BaseException:
-        # Interrupts included: a half-written temp file must never outlive the attempt.
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(dest) as file:
+        _check_sha256(dest, expected=sha256, actual=_fetch(url, file))
     return dest
 
 
@@ -153,7 +144,8 @@ def _fetch(url: str, out: BinaryIO) -> str:
     except (OSError, http.client.HTTPException) as error:
         raise EncdecError(
             f"could not download {url} ({error}); without network access, put a local copy "
-            "of the files in a folder and pass it with --data-dir or set ENCDEC_DATA"
+            "of the files in a folder and name it with --data-dir, the config key "
+            "data.data_dir, or $ENCDEC_DATA"
         ) from None
     return digest.hexdigest()
 
@@ -226,6 +218,14 @@ def _verified_download(name: str, cache: Path, base_url: str) -> Path:
     return download_file(base_url + name, path, MULTI30K_SHA256[name])
 
 
+def check_multi30k_languages(src_lang: str, trg_lang: str) -> None:
+    """Two different languages that Multi30k has, or an error listing those it has."""
+    if src_lang == trg_lang:
+        raise EncdecError(f"source and target language are both {src_lang!r}; pick two different")
+    for lang in (src_lang, trg_lang):
+        _check_choice(lang, MULTI30K_LANGS, "language")
+
+
 def load_multi30k(
     src_lang: str,
     trg_lang: str,
@@ -234,10 +234,7 @@ def load_multi30k(
     base_url: str = MULTI30K_URL,
 ) -> dict[str, list[Pair]]:
     """Multi30k sentence pairs for each split: 29000 train, 1014 valid, 1000 test."""
-    if src_lang == trg_lang:
-        raise EncdecError(f"source and target language are both {src_lang!r}; pick two different")
-    for lang in (src_lang, trg_lang):
-        _check_choice(lang, MULTI30K_LANGS, "language")  # before anything is downloaded
+    check_multi30k_languages(src_lang, trg_lang)  # before anything is downloaded
     return {
         split: read_parallel(
             multi30k_file(split, src_lang, data_dir, cache_dir, base_url),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 from pathlib import Path
 
@@ -24,12 +25,14 @@ CURVE_KEYS = (
     "valid_teacher_forced_ppl",
     "valid_bleu",
 )
-# (key suffix, label, colour, line style): the same three series in the loss and perplexity panels
+# (key suffix, label, colour, line style, marker): the same three series in the loss and
+# perplexity panels; a line on top of another leaves the other's style and markers visible
 LOSS_SERIES = (
-    ("train", "train", "tab:blue", "-"),
-    ("valid", "valid, teacher forcing off", "tab:orange", "-"),
-    ("valid_teacher_forced", "valid, teacher-forced", "tab:green", "--"),
+    ("train", "train", "tab:blue", "-", "o"),
+    ("valid", "valid, teacher forcing off", "tab:orange", "--", "s"),
+    ("valid_teacher_forced", "valid, teacher-forced", "tab:green", ":", "^"),
 )
+MOST_MARKERS = 12  # per line: more epochs get a marker on every n-th only
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -62,10 +65,10 @@ def learning_curves(records: list[dict], title: str = "") -> Figure:
     figure = Figure(figsize=(15, 4.6), layout="constrained")
     loss_axes, ppl_axes, score_axes = figure.subplots(1, 3)
     epochs = [record["epoch"] for record in records]
-    for suffix, label, colour, style in LOSS_SERIES:
+    for suffix, label, colour, style, marker in LOSS_SERIES:
         for axes, metric in ((loss_axes, "loss"), (ppl_axes, "ppl")):
             values = [record[f"{suffix}_{metric}"] for record in records]
-            axes.plot(epochs, values, style, color=colour, marker="o", label=label)
+            _plot_line(axes, epochs, values, style, marker, color=colour, label=label)
     _use_log_scale(ppl_axes)
     _plot_scores(score_axes, epochs, records)
     _label_epoch_axes(loss_axes, "Loss", "cross-entropy")
@@ -96,17 +99,24 @@ def _add_shared_legend(figure: Figure, *axes_with_labels) -> None:
 def _plot_scores(axes, epochs: list[int], records: list[dict]) -> None:
     """Validation BLEU, and chrF where the run logged it (older runs did not)."""
     bleu = [record["valid_bleu"] for record in records]
-    axes.plot(epochs, bleu, "-o", color="tab:red", label="valid BLEU")
+    _plot_line(axes, epochs, bleu, "-", "o", color="tab:red", label="valid BLEU")
     if any("valid_chrf" in record for record in records):
         chrf = [record.get("valid_chrf", float("nan")) for record in records]
-        axes.plot(epochs, chrf, "-s", color="tab:purple", label="valid chrF")
+        _plot_line(axes, epochs, chrf, "--", "s", color="tab:purple", label="valid chrF")
+
+
+def _plot_line(axes, epochs: list[int], values: list[float], style: str, marker: str, **kwargs):
+    """One series: hollow markers (at most MOST_MARKERS), so lines that overlap stay apart."""
+    every = max(1, math.ceil(len(epochs) / MOST_MARKERS))
+    axes.plot(epochs, values, style, marker=marker, markevery=every, fillstyle="none", **kwargs)
 
 
 def _label_epoch_axes(axes, title: str, y_label: str) -> None:
     axes.set_title(title)
     axes.set_xlabel("epoch")
     axes.set_ylabel(y_label)
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # min_n_ticks=1: a single epoch gets the tick 1, not fractions around it
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     axes.grid(alpha=0.3)
 
 
@@ -137,8 +147,6 @@ def attention_heatmap(
 def save_png(figure: Figure, path: str | Path) -> Path:
     """Render `figure` to a PNG at `path` atomically: a crash never leaves half a file."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise EncdecError(f"cannot write {path}: folder {path.parent} does not exist")
     FigureCanvasAgg(figure)
     with atomic_file(path) as file:
         figure.savefig(file, format="png", dpi=120)

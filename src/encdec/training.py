@@ -27,8 +27,8 @@ from tqdm import tqdm
 from encdec import evaluation
 from encdec.batching import bucket_batches, padding_fraction, shard, splittable
 from encdec.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
-from encdec.config import Config, from_dict
-from encdec.corpus import Corpus, build_corpus
+from encdec.config import Config, check_every_key_counts, from_dict
+from encdec.corpus import Corpus, build_corpus, check_data_config
 from encdec.distributed import (
     Processes,
     check_replicas_agree,
@@ -451,6 +451,9 @@ def train(
         raise EncdecError("resuming needs the run directory to go on from")
     if config is None and not resume:
         raise EncdecError("train needs a config, unless it resumes a run")
+    if not resume:  # the whole config, before the run directory or its log is made
+        check_every_key_counts(config)
+        check_data_config(config.data)
     with job(device) as processes:
         default_dir = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
         out_dir = Path(out_dir or from_main(default_dir, processes))
