@@ -77,7 +77,8 @@ def free_running_by_hand(model: Seq2Seq, src, src_lengths, trg) -> torch.Tensor:
 def test_forward_scores_every_target_position_after_sos(cell):
     model = tiny_model(cell).eval()
     src, trg = random_batch([6, 4, 5], SRC_VOCAB, 1), random_batch([7, 3, 5], TRG_VOCAB, 2)
-    logits = model(src, torch.tensor([6, 4, 5]), trg, teacher_forcing_ratio=0.5)
+    coins = torch.rand(trg.shape[0] - 2, generator=torch.Generator().manual_seed(0))
+    logits = model(src, torch.tensor([6, 4, 5]), trg, teacher_forcing_ratio=0.5, coins=coins)
     assert logits.shape == (6, 3, TRG_VOCAB)
 
 
@@ -172,17 +173,16 @@ def test_mixed_teacher_forcing_follows_one_coin_per_step():
     model = sharpened(tiny_model(dropout=0.0))
     src, trg = random_batch([6, 4, 5], SRC_VOCAB, 8), random_batch([12, 9, 10], TRG_VOCAB, 9)
     lengths = torch.tensor([6, 4, 5])
-    random.seed(3)
-    coins = [True] + [random.random() < 0.5 for _ in range(trg.shape[0] - 2)]
-    assert 2 < sum(coins) < len(coins) - 2  # runs of forced and free steps both occur
+    coins = torch.rand(trg.shape[0] - 2, generator=torch.Generator().manual_seed(3))
+    forced_steps = [True, *(coins < 0.5).tolist()]
+    assert 2 < sum(forced_steps) < len(forced_steps) - 2  # runs of forced and free steps occur
     state, predictions, tokens = model.encode(src, lengths), [], trg[:1]
     with torch.no_grad():
-        for t, forced in enumerate(coins):
+        for t, forced in enumerate(forced_steps):
             prediction, state = model.decoder(trg[t : t + 1] if forced else tokens, state)
             predictions.append(prediction)
             tokens = prediction.argmax(-1)
-        random.seed(3)
-        mixed = model(src, lengths, trg, teacher_forcing_ratio=0.5)
+        mixed = model(src, lengths, trg, teacher_forcing_ratio=0.5, coins=coins)
     torch.testing.assert_close(mixed, torch.cat(predictions), atol=1e-5, rtol=0)
 
 
@@ -199,7 +199,9 @@ def parameters_after_two_steps(corpus, seed: int) -> dict[str, torch.Tensor]:
     batches = bucket_batches(examples, 8, 4, random.Random(seed))
     pad_idx = corpus.trg_vocab.pad_idx
     # dropout and teacher-forcing coins both draw random numbers
-    run_epoch(model, examples, batches, pad_idx, 0.5, make_optimizer(model, 0.01), max_steps=2)
+    coins = torch.Generator().manual_seed(seed)
+    optimizer = make_optimizer(model, 0.01)
+    run_epoch(model, examples, batches, pad_idx, 0.5, optimizer, max_steps=2, coin_generator=coins)
     return model.state_dict()
 
 

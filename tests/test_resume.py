@@ -233,6 +233,18 @@ def test_a_last_pt_from_before_torchrun_support_still_resumes(tmp_path, uninterr
     assert_same_run(uninterrupted, tmp_path)
 
 
+def test_a_last_pt_without_the_teacher_forcing_generator_still_resumes(tmp_path):
+    # an older last.pt drew its coins from Python's random: the coins start again from the seed
+    train(from_dict(recipe(epochs=EPOCHS - 1)), tmp_path, quiet=True, device="cpu")
+    state = load_checkpoint(tmp_path / "last.pt")
+    del state["teacher_forcing_coins"]
+    save_checkpoint(state, tmp_path / "last.pt")
+    train(None, tmp_path, quiet=True, device="cpu", resume=True, epochs=EPOCHS)
+    assert [record["epoch"] for record in read_records(tmp_path)] == [1, 2, 3]
+    log = (tmp_path / "train.log").read_text(encoding="utf-8")
+    assert "last.pt has no teacher-forcing generator" in log
+
+
 def test_an_early_stopped_run_goes_on_when_resumed_with_more_patience(tmp_path):
     # so small a learning rate never changes a greedy translation, so valid BLEU never improves:
     # patience 1 stops after epoch 2

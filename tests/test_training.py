@@ -2,6 +2,7 @@
 
 import json
 import math
+import random
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,13 @@ from encdec.config import Config, ModelConfig, TrainingConfig, from_dict
 from encdec.corpus import build_corpus
 from encdec.errors import EncdecError
 from encdec.model import build_model
-from encdec.steps import batch_scheduler, epoch_scheduler, run_epoch, token_losses
+from encdec.steps import (
+    batch_scheduler,
+    epoch_scheduler,
+    run_epoch,
+    teacher_forcing_coins,
+    token_losses,
+)
 from encdec.training import evaluate_split, train
 from encdec.translator import Translator
 
@@ -265,3 +272,48 @@ def test_averaging_checkpoints_of_other_models_is_an_error(tmp_path, monkeypatch
     train(wider, tmp_path / "wide", quiet=True)
     with pytest.raises(EncdecError, match="another model config"):
         average_checkpoints([tmp_path / "small/best.pt", tmp_path / "wide/best.pt"])
+
+
+def test_a_ratio_of_0_or_1_draws_no_coins_from_any_generator():
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL, VOCAB_SIZE, VOCAB_SIZE)
+    coins = torch.Generator().manual_seed(0)
+    before = (coins.get_state(), torch.get_rng_state(), random.getstate())
+    for ratio in (0.0, 1.0):
+        assert teacher_forcing_coins(ratio, EXAMPLES, [0, 1, 2], coins) is None
+        run_epoch(model, EXAMPLES, [[0, 1], [2]], PAD, ratio, coin_generator=coins)
+    after = (coins.get_state(), torch.get_rng_state(), random.getstate())
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+    assert before[2] == after[2]
+
+
+def test_the_same_seed_draws_the_same_coins_one_per_step_of_the_longest_target():
+    def coins(seed: int) -> torch.Tensor:
+        return teacher_forcing_coins(0.5, EXAMPLES, [0, 1, 2], torch.Generator().manual_seed(seed))
+
+    assert coins(1).shape == (6 - 2,)  # the longest target: <sos> 10 11 4 5 <eos>
+    assert torch.equal(coins(1), coins(1))
+    assert not torch.equal(coins(1), coins(2))
+
+
+def test_a_share_of_a_batch_reads_the_first_of_the_batchs_coins():
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL, VOCAB_SIZE, VOCAB_SIZE).eval()
+    coins = torch.tensor([0.9, 0.1, 0.1, 0.9])  # free, forced, forced, free at ratio 0.5
+    whole = collate(EXAMPLES, [0, 1, 2], PAD)
+    share = collate(EXAMPLES, [0, 2], PAD)  # targets of 4 and 3 tokens: reads 2 coins
+    with torch.no_grad():
+        whole_logits = model(whole.src, whole.src_lengths, whole.trg, 0.5, coins)
+        share_logits = model(share.src, share.src_lengths, share.trg, 0.5, coins)
+        reading_the_last_coins = model(share.src, share.src_lengths, share.trg, 0.5, coins[2:])
+    torch.testing.assert_close(share_logits, whole_logits[:3, [0, 2]], atol=1e-6, rtol=0)
+    assert not torch.allclose(share_logits, reading_the_last_coins, atol=1e-4)
+
+
+def test_a_ratio_between_0_and_1_needs_coins():
+    model = build_model(TINY_MODEL, VOCAB_SIZE, VOCAB_SIZE)
+    batch = collate(EXAMPLES, [0, 1, 2], PAD)
+    with pytest.raises(EncdecError, match="teacher_forcing_ratio 0.5 needs coins"):
+        model(batch.src, batch.src_lengths, batch.trg, 0.5)
+    with pytest.raises(EncdecError, match="teacher_forcing_ratio 0.5 needs a generator"):
+        run_epoch(model, EXAMPLES, [[0, 1, 2]], PAD, 0.5)

@@ -241,7 +241,7 @@ class Seq2Seq(nn.Module):
         src: torch.Tensor,
         src_lengths: torch.Tensor,
         trg: torch.Tensor,
-        teacher_forcing_ratio: float,
+        teacher_forcing_ratio: float = 1.0,
         coins: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Scores for target positions 1..T-1 given the source, shape (T-1, B, V).

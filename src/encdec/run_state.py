@@ -93,6 +93,7 @@ class Run:
     per_epoch: ReduceLROnPlateau | None  # plateau, else None
     selection: Selection
     data_order: random.Random  # draws each epoch's batch order
+    teacher_forcing: torch.Generator  # draws the teacher-forcing coins, the same on every process
     progress: Progress
     out_dir: Path
     processes: Processes  # this process's rank among those of a torchrun job, and its device
@@ -115,6 +116,7 @@ def resume_state(run: Run) -> dict:
         per_batch_scheduler=None if run.per_batch is None else run.per_batch.state_dict(),
         per_epoch_scheduler=None if run.per_epoch is None else run.per_epoch.state_dict(),
         rng_by_rank=by_rank,
+        teacher_forcing_coins=run.teacher_forcing.get_state(),
         scaler=None if run.scaler is None else run.scaler.state_dict(),
         selection=dataclasses.asdict(run.selection),
         **dataclasses.asdict(run.progress),
@@ -192,6 +194,7 @@ def restore(run: Run, state: dict) -> None:
     run.selection = Selection(**state["selection"])
     run.progress = Progress(**{key.name: state[key.name] for key in dataclasses.fields(Progress)})
     _restore_rng(run, state)
+    _restore_coins(run, state)
 
 
 def _restore_rng(run: Run, state: dict) -> None:
@@ -208,6 +211,17 @@ def _restore_rng(run: Run, state: dict) -> None:
         len(by_rank),
         processes.world_size,
     )
+
+
+def _restore_coins(run: Run, state: dict) -> None:
+    """The teacher-forcing coins go on as saved; a last.pt older than their generator lacks it."""
+    if "teacher_forcing_coins" in state:
+        run.teacher_forcing.set_state(state["teacher_forcing_coins"])
+    elif 0 < run.config.training.teacher_forcing_ratio < 1:
+        log.warning(
+            "last.pt has no teacher-forcing generator (it predates it): the coins start again "
+            "from training.seed, so the run goes on but differs from an uninterrupted one"
+        )
 
 
 def _epoch_of(line: str) -> int | None:

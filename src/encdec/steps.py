@@ -138,6 +138,25 @@ def mixed_precision(device: torch.device, precision: str) -> contextlib.Abstract
     return torch.autocast(device.type, dtype=AUTOCAST_TYPES[precision])
 
 
+def teacher_forcing_coins(
+    ratio: float,
+    examples: Sequence[Example],
+    indices: list[int],
+    generator: torch.Generator | None,
+) -> torch.Tensor | None:
+    """The teacher-forcing coins of batch `indices`: (T-2,) on the CPU, T its longest target.
+
+    Drawn from `generator` only when 0 < `ratio` < 1; for 0 or 1 the coins could change nothing,
+    so none are drawn (None). Any share of the batch reads the first coins it needs.
+    """
+    if not 0 < ratio < 1:
+        return None
+    if generator is None:
+        raise EncdecError(f"teacher_forcing_ratio {ratio} needs a generator to draw its coins")
+    longest = max(len(examples[index][1]) for index in indices)  # <sos> ... <eos>
+    return torch.rand(longest - 2, generator=generator)
+
+
 def batch_losses(
     model: nn.Module,
     examples: Sequence[Example],
@@ -146,13 +165,17 @@ def batch_losses(
     teacher_forcing_ratio: float,
     label_smoothing: float = 0.0,
     precision: str = "fp32",
+    coins: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """One batch through the model: summed plain and smoothed losses, and the target tokens."""
+    """One batch through the model: summed plain and smoothed losses, and the target tokens.
+
+    `coins` are the teacher-forcing coins (see Seq2Seq.forward), needed when 0 < ratio < 1.
+    """
     batch = collate(examples, indices, pad_idx)
     device = next(model.parameters()).device
     src, trg = batch.src.to(device), batch.trg.to(device)
     with mixed_precision(device, precision):
-        logits = model(src, batch.src_lengths, trg, teacher_forcing_ratio)
+        logits = model(src, batch.src_lengths, trg, teacher_forcing_ratio, coins)
     # The shifted loss: the prediction at step t is scored against trg[t + 1].
     loss_sum, smoothed_sum = token_losses(logits.float(), trg[1:], pad_idx, label_smoothing)
     return loss_sum, smoothed_sum, batch.n_target_tokens
@@ -170,18 +193,27 @@ def run_epoch(
     description: str = "",
     label_smoothing: float = 0.0,
     scheduler: LRScheduler | None = None,
+    coin_generator: torch.Generator | None = None,
 ) -> EpochResult:
     """One pass over `batches`; trains when an optimizer is given, else only measures the loss.
 
     The reported loss is the plain cross-entropy even when the update uses `label_smoothing`.
+    A `teacher_forcing_ratio` strictly between 0 and 1 draws its coins from `coin_generator`.
     """
     model.train(optimizer is not None)
     total_loss, total_tokens, start = 0.0, 0, time.perf_counter()
     bar = progress_bar(batches[:max_steps], desc=description, leave=False)
     with torch.set_grad_enabled(optimizer is not None):
         for indices in bar:
+            coins = teacher_forcing_coins(teacher_forcing_ratio, examples, indices, coin_generator)
             loss_sum, smoothed_sum, n_tokens = batch_losses(
-                model, examples, indices, pad_idx, teacher_forcing_ratio, label_smoothing
+                model,
+                examples,
+                indices,
+                pad_idx,
+                teacher_forcing_ratio,
+                label_smoothing,
+                coins=coins,
             )
             if optimizer is not None:
                 optimizer_step(model, smoothed_sum / n_tokens, optimizer, clip, scheduler)
