@@ -48,13 +48,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def torchrun(*args: str) -> list[str]:
-    """The command for 2 processes on this machine, rendezvous on 127.0.0.1."""
+def torchrun(*args: str, processes: int = 2) -> list[str]:
+    """The command for `processes` processes on this machine, rendezvous on 127.0.0.1."""
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
-        "--nproc_per_node=2",
+        f"--nproc_per_node={processes}",
         "--master_addr=127.0.0.1",
         f"--master_port={free_port()}",
         str(ENTRY),
@@ -67,17 +67,21 @@ def environment(writes: Path) -> dict:
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo"),  # stay on loopback
+        "NCCL_SOCKET_IFNAME": os.environ.get("NCCL_SOCKET_IFNAME", "lo"),
         "ENCDEC_TEST_WRITES": str(writes),
     }
 
 
-def train_command(config_path: Path, run_dir: Path) -> list[str]:
-    return torchrun("encdec", "train", "--config", config_path, "--out", run_dir, "--quiet")
+def train_command(config_path: Path, run_dir: Path, device: str = "cpu") -> list[str]:
+    """torchrun's command for a training run: 2 CPU processes, or one per GPU on `cuda`."""
+    processes = torch.cuda.device_count() if device == "cuda" else 2
+    options = ("--out", run_dir, "--device", device, "--quiet")
+    return torchrun("encdec", "train", "--config", config_path, *options, processes=processes)
 
 
-def write_config(folder: Path) -> Path:
+def write_config(folder: Path, raw_config: dict = RECIPE) -> Path:
     path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(RECIPE), encoding="utf-8")
+    path.write_text(yaml.safe_dump(raw_config), encoding="utf-8")
     return path
 
 
@@ -89,7 +93,7 @@ def records(run_dir: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory, one_torch_thread) -> Path:
     run_dir = tmp_path_factory.mktemp("one_process")
-    train(from_dict(RECIPE), run_dir, quiet=True)
+    train(from_dict(RECIPE), run_dir, quiet=True, device="cpu")
     return run_dir
 
 
@@ -157,7 +161,7 @@ def test_distributed_run_resumes_after_sigterm_to_the_same_weights(tmp_path, two
     stopped = load_checkpoint(run_dir / "last.pt")
     assert not stopped["finished"] and len(stopped["rng_by_rank"]) == 2
     resumed = subprocess.run(
-        torchrun("encdec", "train", "--resume", run_dir, "--quiet"),
+        torchrun("encdec", "train", "--resume", run_dir, "--device", "cpu", "--quiet"),
         env=environment(tmp_path),
         capture_output=True,
         text=True,
@@ -234,10 +238,40 @@ def test_training_on_cuda_learns_in_every_precision(tmp_path, precision):
 
 
 @needs_cuda
-def test_translator_on_cuda_matches_the_cpu(demo_checkpoint):
+@pytest.mark.parametrize("beam_size", [1, 5])
+def test_greedy_and_beam_translations_on_cuda_match_the_cpu(demo_checkpoint, beam_size):
     from encdec.translator import Translator
 
-    sentences = ["good morning", "thank you very much", "see you tomorrow"]
-    on_cpu = Translator.load(demo_checkpoint, device="cpu").translate(sentences)
-    on_gpu = Translator.load(demo_checkpoint, device="cuda").translate(sentences)
-    assert on_gpu == on_cpu
+    sentences = ["good morning", "thank you very much", "see you tomorrow", "i am hungry."]
+    on_cpu = Translator.load(demo_checkpoint, device="cpu").translations(sentences, beam=beam_size)
+    on_gpu = Translator.load(demo_checkpoint, device="cuda").translations(sentences, beam=beam_size)
+    for (cpu_best, *_), (gpu_best, *_) in zip(on_cpu, on_gpu, strict=True):
+        assert gpu_best.text == cpu_best.text
+        # cuDNN's recurrent layers may multiply in TF32 on the GPU
+        assert gpu_best.score == pytest.approx(cpu_best.score, rel=1e-2, abs=1e-2)
+
+
+@needs_cuda
+def test_torchrun_on_nccl_with_one_process_per_gpu_follows_one_process(tmp_path):
+    # deterministic kernels: on a machine with one GPU (so one process) both are the same run;
+    # batches of 16 (the smallest of 11) are shared by up to 11 GPUs as they are, without merging
+    settings = RECIPE["training"] | {"deterministic": True, "batch_size": 16}
+    raw_config = {**RECIPE, "training": settings}
+    config_path = write_config(tmp_path, raw_config)
+    alone = [sys.executable, "-m", "encdec", "train", "--config", config_path, "--device", "cuda"]
+    for command in (
+        [*alone, "--out", tmp_path / "alone", "--quiet"],
+        train_command(config_path, tmp_path / "together", device="cuda"),
+    ):
+        done = subprocess.run(
+            command, env=environment(tmp_path), capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    for single, shared in zip(
+        records(tmp_path / "alone"), records(tmp_path / "together"), strict=True
+    ):
+        for key in ("train_loss", "valid_loss", "valid_teacher_forced_loss"):
+            assert shared[key] == pytest.approx(single[key], rel=1e-3), key
+    if torch.cuda.device_count() > 1:
+        log = (tmp_path / "together" / "train.log").read_text(encoding="utf-8")
+        assert f"processes: {torch.cuda.device_count()} (nccl), one per cuda" in log

@@ -23,11 +23,9 @@ from encdec.errors import EncdecError
 from encdec.model import build_model, count_parameters
 from encdec.training import train
 
-pytestmark = [
-    pytest.mark.usefixtures("one_torch_thread"),
-    # one layer: the embedding dropout is the one wanted, the recurrent one torch warns about is not
-    pytest.mark.filterwarnings("ignore:dropout option adds dropout"),
-]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+RECIPES = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 
 EPOCHS, BATCHES_PER_EPOCH = 3, 14  # 107 toy training pairs in batches of 8
 # dropout and teacher forcing below 1 make the run draw from the torch and Python RNGs
@@ -55,7 +53,7 @@ def recipe(**training_settings) -> dict:
 def uninterrupted(tmp_path_factory, one_torch_thread) -> Path:
     """The run directory of the recipe trained in one go, to compare resumed runs with."""
     run_dir = tmp_path_factory.mktemp("uninterrupted")
-    train(from_dict(RECIPE), run_dir, quiet=True)
+    train(from_dict(RECIPE), run_dir, quiet=True, device="cpu")
     return run_dir
 
 
@@ -99,18 +97,21 @@ def encdec_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "encdec", *map(str, args)]
 
 
-def start_training(tmp_path: Path, raw_config: dict, run_dir: Path) -> subprocess.Popen:
+def start_training(
+    tmp_path: Path, raw_config: dict, run_dir: Path, device: str = "cpu"
+) -> subprocess.Popen:
     """`encdec train` in a child process on one thread, like the in-process reference run."""
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(raw_config), encoding="utf-8")
-    command = encdec_command("train", "--config", config_path, "--out", run_dir, "--quiet")
+    options = ("--out", run_dir, "--device", device, "--quiet")
+    command = encdec_command("train", "--config", config_path, *options)
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True)
 
 
-def resume(run_dir: Path) -> subprocess.CompletedProcess:
+def resume(run_dir: Path, device: str = "cpu") -> subprocess.CompletedProcess:
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = encdec_command("train", "--resume", run_dir, "--quiet")
+    command = encdec_command("train", "--resume", run_dir, "--device", device, "--quiet")
     return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
 
 
@@ -124,6 +125,19 @@ def wait_until(condition, process: subprocess.Popen, timeout: float = 120.0) -> 
             process.kill()
             pytest.fail("training made no progress in time")
         time.sleep(0.01)
+
+
+def stop_with_sigterm(process: subprocess.Popen, run_dir: Path) -> str:
+    """SIGTERM a training child once its first epoch has begun; its stderr once it has ended."""
+    log_path = run_dir / "train.log"
+    wait_until(
+        lambda: log_path.is_file() and "batches per epoch" in log_path.read_text("utf-8"),
+        process,
+    )
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    return stderr
 
 
 def saved_epoch(run_dir: Path) -> int:
@@ -151,20 +165,75 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path
 def test_sigterm_saves_last_pt_says_how_to_resume_and_exits_143(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     process = start_training(tmp_path, recipe(save_every_steps=None), run_dir)
-    log_path = run_dir / "train.log"
-    wait_until(
-        lambda: log_path.is_file() and "batches per epoch" in log_path.read_text("utf-8"),
-        process,
-    )
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 143, stderr
+    stderr = stop_with_sigterm(process, run_dir)
     assert f"encdec train --resume {run_dir}" in stderr
     stopped_at = load_checkpoint(run_dir / "last.pt")
     assert stopped_at["epoch"] == 1 and not stopped_at["finished"]
     resumed = resume(run_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(uninterrupted, run_dir)
+
+
+def test_deterministic_kernels_are_on_while_training_and_put_back_after(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    real_losses, modes = training.batch_losses, set()
+
+    def noting_the_mode(*args, **kwargs):
+        cudnn = torch.backends.cudnn
+        modes.add(
+            (
+                torch.are_deterministic_algorithms_enabled(),
+                cudnn.deterministic,
+                cudnn.benchmark,
+                os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            )
+        )
+        return real_losses(*args, **kwargs)
+
+    monkeypatch.setattr(training, "batch_losses", noting_the_mode)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
+    config = from_dict(recipe(epochs=1, max_steps=2, deterministic=True))
+    train(config, tmp_path, quiet=True, device="cpu")
+    assert modes == {(True, True, False, ":4096:8")}
+    assert (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.deterministic,
+    ) == before
+
+
+def test_a_deterministic_run_resumed_after_sigterm_has_the_uninterrupted_weights(
+    tmp_path, uninterrupted
+):
+    # the reference ran without deterministic mode: on the CPU it changes no bit
+    run_dir = tmp_path / "run"
+    process = start_training(tmp_path, recipe(deterministic=True, save_every_steps=None), run_dir)
+    stop_with_sigterm(process, run_dir)
+    resumed = resume(run_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(uninterrupted, run_dir)
+
+
+@needs_cuda
+@pytest.mark.parametrize("recipe_path", RECIPES, ids=lambda path: path.stem)
+def test_deterministic_cuda_recipe_resumed_after_sigterm_repeats_an_uninterrupted_run(
+    tmp_path, recipe_path, multi30k_dir
+):
+    raw = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
+    raw["data"]["data_dir"] = str(multi30k_dir)
+    raw["training"] |= {"epochs": 2, "max_steps": 4, "deterministic": True}
+    whole_dir, resumed_dir = tmp_path / "whole", tmp_path / "resumed"
+    whole = start_training(tmp_path, raw, whole_dir, device="cuda")
+    _, stderr = whole.communicate(timeout=600)
+    assert whole.returncode == 0, stderr
+    stop_with_sigterm(start_training(tmp_path, raw, resumed_dir, device="cuda"), resumed_dir)
+    resumed = resume(resumed_dir, device="cuda")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(whole_dir, resumed_dir)
+
+
+def test_deterministic_must_be_true_or_false():
+    with pytest.raises(EncdecError, match="'training.deterministic' must be bool"):
+        from_dict(recipe(deterministic="yes"))
 
 
 def crash_at_save(monkeypatch, name: str, epoch: int, validated: bool, before: bool) -> None:
@@ -187,10 +256,10 @@ def crash_at_save(monkeypatch, name: str, epoch: int, validated: bool, before: b
 def test_resume_at_an_epoch_boundary_matches_uninterrupted(tmp_path, monkeypatch, uninterrupted):
     crash_at_save(monkeypatch, "last.pt", epoch=1, validated=True, before=False)
     with pytest.raises(KeyboardInterrupt, match="simulated crash"):
-        train(from_dict(RECIPE), tmp_path, quiet=True)
+        train(from_dict(RECIPE), tmp_path, quiet=True, device="cpu")
     monkeypatch.undo()
     assert [record["epoch"] for record in read_records(tmp_path)] == [1]
-    train(None, tmp_path, quiet=True, resume=True)
+    train(None, tmp_path, quiet=True, device="cpu", resume=True)
     assert_same_run(uninterrupted, tmp_path)
 
 
@@ -198,10 +267,10 @@ def test_crash_before_the_epoch_end_save_logs_each_epoch_once(tmp_path, monkeypa
     # metrics.jsonl has epoch 2's line, last.pt does not have epoch 2's end: it is done again
     crash_at_save(monkeypatch, "last.pt", epoch=2, validated=True, before=True)
     with pytest.raises(KeyboardInterrupt):
-        train(from_dict(RECIPE), tmp_path, quiet=True)
+        train(from_dict(RECIPE), tmp_path, quiet=True, device="cpu")
     monkeypatch.undo()
     assert [record["epoch"] for record in read_records(tmp_path)] == [1, 2]
-    train(None, tmp_path, quiet=True, resume=True)
+    train(None, tmp_path, quiet=True, device="cpu", resume=True)
     assert [record["epoch"] for record in read_records(tmp_path)] == [1, 2, 3]
     assert_same_run(uninterrupted, tmp_path)
 
@@ -211,25 +280,26 @@ def test_resuming_a_finished_run_only_tests_it_and_accepts_moved_data(tmp_path, 
     shutil.copy(uninterrupted / "best.pt", tmp_path / "best.pt")
     moved = from_dict(RECIPE)
     moved.data.data_dir = str(tmp_path / "data moved here")
-    scores = train(moved, tmp_path, quiet=True, resume=True)
+    scores = train(moved, tmp_path, quiet=True, device="cpu", resume=True)
     assert "test_bleu" in scores
     assert not (tmp_path / "metrics.jsonl").exists()  # no epoch was trained again
 
 
 def test_a_finished_run_extended_with_epochs_equals_one_trained_that_long(tmp_path, uninterrupted):
-    train(from_dict(recipe(epochs=EPOCHS - 1)), tmp_path, quiet=True)
-    assert main(["train", "--resume", str(tmp_path), "--epochs", str(EPOCHS), "--quiet"]) == 0
+    train(from_dict(recipe(epochs=EPOCHS - 1)), tmp_path, quiet=True, device="cpu")
+    extend = ["--epochs", str(EPOCHS), "--device", "cpu", "--quiet"]
+    assert main(["train", "--resume", str(tmp_path), *extend]) == 0
     assert_same_run(uninterrupted, tmp_path)
     assert load_checkpoint(tmp_path / "last.pt")["config"]["training"]["epochs"] == EPOCHS
 
 
 def test_a_last_pt_from_before_torchrun_support_still_resumes(tmp_path, uninterrupted):
     # such a last.pt kept one process's generators under "rng", not a list under "rng_by_rank"
-    train(from_dict(recipe(epochs=EPOCHS - 1)), tmp_path, quiet=True)
+    train(from_dict(recipe(epochs=EPOCHS - 1)), tmp_path, quiet=True, device="cpu")
     state = load_checkpoint(tmp_path / "last.pt")
     state["rng"] = state.pop("rng_by_rank")[0]
     save_checkpoint(state, tmp_path / "last.pt")
-    train(None, tmp_path, quiet=True, resume=True, epochs=EPOCHS)
+    train(None, tmp_path, quiet=True, device="cpu", resume=True, epochs=EPOCHS)
     assert_same_run(uninterrupted, tmp_path)
 
 
@@ -249,23 +319,25 @@ def test_an_early_stopped_run_goes_on_when_resumed_with_more_patience(tmp_path):
     # so small a learning rate never changes a greedy translation, so valid BLEU never improves:
     # patience 1 stops after epoch 2
     stalling = {"lr": 1e-9, "select_by": "bleu", "save_every_steps": None}
-    train(from_dict(recipe(**stalling, patience=1)), tmp_path, quiet=True)
+    train(from_dict(recipe(**stalling, patience=1)), tmp_path, quiet=True, device="cpu")
     assert [record["epoch"] for record in read_records(tmp_path)] == [1, 2]
-    train(from_dict(recipe(**stalling, patience=5)), tmp_path, quiet=True, resume=True)
+    train(
+        from_dict(recipe(**stalling, patience=5)), tmp_path, quiet=True, device="cpu", resume=True
+    )
     assert [record["epoch"] for record in read_records(tmp_path)] == [1, 2, 3]
 
 
 def test_resume_with_fewer_epochs_than_trained_is_refused(tmp_path, uninterrupted):
     shutil.copy(uninterrupted / "last.pt", tmp_path / "last.pt")
     with pytest.raises(EncdecError, match="training.epochs 2: last.pt has already trained 3"):
-        train(None, tmp_path, quiet=True, resume=True, epochs=2)
+        train(None, tmp_path, quiet=True, device="cpu", resume=True, epochs=2)
 
 
 def test_resume_refuses_a_changed_config_naming_the_keys(tmp_path, uninterrupted):
     shutil.copy(uninterrupted / "last.pt", tmp_path / "last.pt")
     changed = from_dict(recipe(lr=0.01))
     with pytest.raises(EncdecError, match=r"training\.lr \(0\.003 in last\.pt, 0\.01 given\)"):
-        train(changed, tmp_path, quiet=True, resume=True)
+        train(changed, tmp_path, quiet=True, device="cpu", resume=True)
 
 
 def test_resume_refuses_data_that_gives_other_vocabularies(tmp_path, uninterrupted):
@@ -273,12 +345,12 @@ def test_resume_refuses_data_that_gives_other_vocabularies(tmp_path, uninterrupt
     state["src_vocab"] = [*state["src_vocab"][:-1], "a word the data no longer has"]
     save_checkpoint(state, tmp_path / "last.pt")
     with pytest.raises(EncdecError, match="other vocabularies"):
-        train(None, tmp_path, quiet=True, resume=True)
+        train(None, tmp_path, quiet=True, device="cpu", resume=True)
 
 
 def test_resume_without_last_pt_is_an_error(tmp_path):
     with pytest.raises(EncdecError, match="cannot resume: .*last.pt does not exist"):
-        train(None, tmp_path, quiet=True, resume=True)
+        train(None, tmp_path, quiet=True, device="cpu", resume=True)
 
 
 def test_resume_with_set_but_no_config_is_refused(tmp_path, capsys):
@@ -301,7 +373,7 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint
 
     monkeypatch.setattr(training, "batch_losses", poisoned_at_epoch_2_step_3)
     with pytest.raises(EncdecError, match="training stopped at epoch 2, step 3: the loss is nan"):
-        train(from_dict(RECIPE), tmp_path, quiet=True)
+        train(from_dict(RECIPE), tmp_path, quiet=True, device="cpu")
     last = load_checkpoint(tmp_path / "last.pt")
     assert (last["epoch"], last["step"]) == (2, 2)
     assert all(torch.isfinite(weights).all() for weights in last["model"].values())
@@ -316,7 +388,7 @@ def test_unwritable_run_directory_fails_before_training(tmp_path, monkeypatch, c
     blocker.write_text("not a folder", encoding="utf-8")
     run_dir = blocker / "run"
     with pytest.raises(EncdecError, match=f"run directory {run_dir} cannot be written"):
-        train(from_dict(RECIPE), run_dir, quiet=True)
+        train(from_dict(RECIPE), run_dir, quiet=True, device="cpu")
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(RECIPE), encoding="utf-8")
     assert main(["train", "--config", str(config_path), "--out", str(run_dir)]) == 2
@@ -335,7 +407,7 @@ def test_too_little_disk_space_fails_before_training_naming_folder_and_sizes(tmp
     with pytest.raises(
         EncdecError, match=rf"{re.escape(str(run_dir))} has 0.1 MB free but .* need about [\d.]+ MB"
     ):
-        train(from_dict(recipe(epochs=1)), run_dir, quiet=True)
+        train(from_dict(recipe(epochs=1)), run_dir, quiet=True, device="cpu")
     assert not (run_dir / "last.pt").exists()
 
 
