@@ -150,9 +150,7 @@ def beam_search(
         if attention is not None:
             attention = torch.cat([attention[:, rows], state.attention[:, rows]])
         state = state.select(rows)
-        # A live score only falls, and its length grows to max_len at most, so (with a score
-        # <= 0 and length_penalty >= 0) the best it can still reach is score / (max_len + 1) ** lp.
-        reachable = (scores.max(dim=1).values / (max_len + 1) ** length_penalty).tolist()
+        reachable = _best_reachable(scores, history.shape[0], max_len, length_penalty)
         staying = [
             index
             for index, sentence in enumerate(searching)
@@ -174,6 +172,19 @@ def beam_search(
 def normalised_score(hypothesis: Hypothesis, length_penalty: float) -> float:
     """What beam search ranks by: score / (tokens + 1) ** length_penalty, <eos> counted."""
     return hypothesis.score / (len(hypothesis.ids) + 1) ** length_penalty
+
+
+def _best_reachable(
+    scores: torch.Tensor, length: int, max_len: int, length_penalty: float
+) -> list[float]:
+    """Per sentence, the best normalised score its live rows (n, beam) of `length` tokens can reach.
+
+    A live score (<= 0) only falls, and a row ends with `length` to `max_len` tokens; the
+    normalised score is monotonic in the length, so its best lies at one of the two ends.
+    """
+    best_live = scores.max(dim=1).values  # (n,)
+    ending_next, ending_at_max_len = (length + 1) ** length_penalty, (max_len + 1) ** length_penalty
+    return torch.maximum(best_live / ending_next, best_live / ending_at_max_len).tolist()
 
 
 def _is_done(
