@@ -307,6 +307,15 @@ def test_stacked_rnn_loaded_from_a_multi_layer_rnn_computes_the_same(cell, bidir
         torch.testing.assert_close(stock(packed, state)[1], stacked(packed, state)[1])
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")  # torch's own
+def test_compiled_stacked_rnn_reads_packed_input_like_the_eager_one():
+    # training.compile compiles the encoder, whose StackedRNN reads packed sequences
+    _, stacked = stock_and_stacked("gru", bidirectional=True)
+    packed = pack_padded_sequence(torch.randn(7, 3, 5), torch.tensor([7, 4, 2]), False)
+    with torch.no_grad():
+        assert_identical(torch.compile(stacked, dynamic=True)(packed), stacked(packed))
+
+
 def test_stacked_rnn_drops_out_between_layers_only_with_torchs_generator():
     _, stacked = stock_and_stacked("lstm", bidirectional=True)
     inputs = torch.randn(7, 3, 5)

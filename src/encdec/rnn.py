@@ -72,8 +72,11 @@ class StackedRNN(nn.Module):
         return list(state.split(self.directions))
 
     def _drop(self, outputs: torch.Tensor | PackedSequence) -> torch.Tensor | PackedSequence:
-        if isinstance(outputs, PackedSequence):
-            return outputs._replace(data=self.dropout(outputs.data))  # data: (tokens, D * H)
+        if isinstance(outputs, PackedSequence):  # built anew: torch.compile cannot trace _replace
+            dropped = self.dropout(outputs.data)  # (tokens, D * H)
+            return PackedSequence(
+                dropped, outputs.batch_sizes, outputs.sorted_indices, outputs.unsorted_indices
+            )
         return self.dropout(outputs)
 
 
