@@ -2,11 +2,16 @@
 
 import io
 import json
+import logging
 import math
+import re
 import shutil
+import signal
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -14,7 +19,11 @@ import yaml
 from encdec import data
 from encdec.cli import DEMO_CONFIG, main
 from encdec.config import from_dict
+from encdec.distributed import Processes
 from encdec.errors import EncdecError
+from encdec.reporting import setup_logging
+from encdec.run_state import Progress
+from encdec.stop_signals import StopSignals
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEED_CONFIG = REPO_ROOT / "configs" / "multi30k_seed.yaml"
@@ -75,8 +84,13 @@ def test_train_writes_checkpoint_metrics_log_and_config(smoke_run, multi30k_dir)
     assert config["model"]["hidden_dim"] == 512
 
 
+def stdin_of(monkeypatch, content: bytes) -> None:
+    """Give the command `content` on stdin, as bytes under a text stream like the real one."""
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(content), encoding="utf-8"))
+
+
 def test_translate_reads_stdin_and_prints_one_line_per_input_line(smoke_run, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(s + "\n" for s in GERMAN) + "\n"))
+    stdin_of(monkeypatch, ("".join(s + "\n" for s in GERMAN) + "\n").encode("utf-8"))
     assert main(["translate", str(smoke_run / "best.pt")]) == 0
     out = capsys.readouterr().out
     assert out.endswith("\n")
@@ -158,7 +172,7 @@ def test_unknown_config_key_is_one_line_error(tmp_path, capsys):
 
 
 def test_missing_checkpoint_is_one_line_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "stdin", io.StringIO("Ein Hund.\n"))
+    stdin_of(monkeypatch, b"Ein Hund.\n")
     assert main(["translate", str(tmp_path / "missing.pt")]) == 2
     assert_one_line_error(capsys.readouterr().err, "translate", "checkpoint not found")
 
@@ -178,7 +192,9 @@ def test_data_dir_without_multi30k_is_one_line_error(tmp_path, monkeypatch, caps
     empty.mkdir()
     assert main([*STATS_ARGV, "--data-dir", str(empty)]) == 2
     assert tried == [data.MULTI30K_URL + "train.de.gz"]
-    assert_one_line_error(capsys.readouterr().err, "data-stats", "could not download", "--data-dir")
+    err = capsys.readouterr().err
+    assert_one_line_error(err, "data-stats", "could not download", "--data-dir", "data.data_dir")
+    assert "ENCDEC_DATA" in err
     assert not any(path.is_file() for path in (tmp_path / "cache").rglob("*"))
 
 
@@ -218,3 +234,153 @@ def test_python_m_encdec_error_exits_2_without_traceback(tmp_path):
     result = run_encdec("translate", str(tmp_path / "missing.pt"))
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "translate", "checkpoint not found")
+
+
+# --- what a new user trips over (issue 13) ------------------------------------------------------
+
+
+def test_stdin_that_is_not_utf8_is_a_one_line_error_naming_the_line(
+    demo_checkpoint, monkeypatch, capsys
+):
+    stdin_of(monkeypatch, b"good morning\nthank you \xff\xfe very much\n")
+    assert main(["translate", str(demo_checkpoint), "--device", "cpu"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert_one_line_error(captured.err, "translate", "stdin:2: not valid UTF-8")
+
+
+@pytest.mark.parametrize("output", ["missing/out.txt", "."], ids=["missing folder", "a folder"])
+def test_output_path_that_cannot_be_a_file_is_a_one_line_error(
+    demo_checkpoint, tmp_path, monkeypatch, capsys, output
+):
+    stdin_of(monkeypatch, b"good morning\n")
+    argv = [
+        "translate",
+        str(demo_checkpoint),
+        "--device",
+        "cpu",
+        "--output",
+        str(tmp_path / output),
+    ]
+    assert main(argv) == 2
+    assert_one_line_error(capsys.readouterr().err, "translate", f"cannot write {tmp_path}")
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+def test_a_run_folder_means_its_best_pt(demo_checkpoint, tmp_path, monkeypatch, capsys):
+    run_dir = demo_checkpoint.parent
+    stdin_of(monkeypatch, b"let's go\n")
+    assert main(["translate", str(run_dir), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out == "vamos\n"
+    source, reference = tmp_path / "src.en", tmp_path / "ref.es"
+    source.write_text("let's go\n", encoding="utf-8")
+    reference.write_text("vamos\n", encoding="utf-8")
+    argv = ["evaluate", str(run_dir), "--src", str(source), "--ref", str(reference), "--json"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["chrf"] == pytest.approx(100)
+    assert main(["average", str(run_dir), str(run_dir), "--output", str(tmp_path / "avg.pt")]) == 0
+
+
+def test_a_folder_without_best_pt_is_a_one_line_error_naming_it(tmp_path, monkeypatch, capsys):
+    stdin_of(monkeypatch, b"Ein Hund.\n")
+    assert main(["translate", str(tmp_path)]) == 2
+    assert_one_line_error(capsys.readouterr().err, "translate", f"{tmp_path} is a folder without")
+
+
+def help_text(*argv: str, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # unwrapped
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], *([verb] for verb in VERBS), ["average"], ["plot", "curves"], ["plot", "attention"]],
+)
+def test_help_shows_each_default_once_and_only_where_it_says_something(argv, capsys):
+    text = help_text(*argv, capsys=capsys)
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert not re.search(r"\(default: [^)]*\) \(default:", text), text
+
+
+def test_evaluate_split_and_download_langs_are_explained(capsys):
+    assert re.search(
+        r"--split \{train,valid,test\} the split .*\(default: test\)",
+        help_text("evaluate", capsys=capsys),
+    )
+    assert "the languages to fetch" in help_text("download", capsys=capsys)
+
+
+def test_version_is_the_installed_packages(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"encdec {version('encdec')}\n"
+
+
+def test_a_mistyped_option_shows_the_usage_of_its_verb(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["translate", "best.pt", "--beams", "5"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: encdec translate ")
+    assert "encdec translate: error: unrecognized arguments: --beams 5" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["translate", "best.pt", "--beam", "0"], "--beam"),
+        (["evaluate", "best.pt", "--max-len", "-3"], "--max-len"),
+        (["translate", "best.pt", "--temperature", "-1"], "--temperature"),
+        (["train", "--out", "run", "--epochs", "0"], "--epochs"),
+    ],
+)
+def test_a_bad_option_value_names_the_option(argv, option, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert_one_line_error(err, argv[0], f"{option} must")
+    assert "decoding." not in err and "training." not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_language_code_leaves_no_run_folder(tmp_path, capsys):
+    argv = ["train", "--set", "data.src_lang=dx", "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    assert_one_line_error(capsys.readouterr().err, "train", "'dx'")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_key_the_dataset_does_not_read_is_a_one_line_error(tmp_path, multi30k_dir, capsys):
+    argv = ["train", "--config", str(SEED_CONFIG), "--data-dir", str(multi30k_dir)]
+    argv += ["--set", "data.train_src=a.de", "--set", "data.train_trg=a.en"]
+    argv += ["--max-steps", "1", "--epochs", "1", "--out", str(tmp_path / "run"), "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert_one_line_error(err, "train", "'data.train_src'", "no effect", "data.dataset: files")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_stopped_run_says_how_to_go_on_once(tmp_path, monkeypatch, capsys):
+    def training_stopped_by_ctrl_c(config, out_dir, quiet=False, device="auto"):
+        out_dir = Path(out_dir)
+        out_dir.mkdir()
+        setup_logging(out_dir, quiet, Processes())
+        stop = StopSignals()
+        stop.handle(signal.SIGINT, None)
+        run = SimpleNamespace(
+            progress=Progress(epoch=1, step=3, batches=[[0]] * 5), out_dir=out_dir
+        )
+        stop.raise_stopped(run)
+
+    monkeypatch.setattr("encdec.training.train", training_stopped_by_ctrl_c)
+    try:
+        assert main(["train", "--out", str(tmp_path / "run")]) == 130
+    finally:
+        logging.getLogger("encdec").handlers.clear()
+    err = capsys.readouterr().err
+    assert err.count("continue with `encdec train --resume") == 1, err
+    log_text = (tmp_path / "run" / "train.log").read_text(encoding="utf-8")
+    assert log_text.count("continue with `encdec train --resume") == 1

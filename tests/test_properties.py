@@ -58,7 +58,9 @@ def test_translate_command_writes_one_line_per_input_line(demo_checkpoint, tmp_p
 @given(lines=st.lists(ANY_LINE, max_size=6))
 @example(lines=TRICKY_LINES)
 def test_translate_from_stdin_prints_one_line_per_input_line(demo_checkpoint, lines):
-    stdin, stdout = io.StringIO("".join(line + "\n" for line in lines)), io.StringIO()
+    text = "".join(line + "\n" for line in lines)
+    stdin = io.TextIOWrapper(io.BytesIO(text.encode("utf-8")), encoding="utf-8")  # bytes below
+    stdout = io.StringIO()
     with mock.patch("sys.stdin", stdin), contextlib.redirect_stdout(stdout):
         assert main(["translate", str(demo_checkpoint)]) == 0
     assert stdout.getvalue().count("\n") == len(split_lines(stdout.getvalue())) == len(lines)

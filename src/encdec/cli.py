@@ -6,10 +6,12 @@ import argparse
 import json
 import sys
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
 from encdec import data
 from encdec.config import from_dict, load_config
+from encdec.devices import DEVICE_HELP
 from encdec.errors import EncdecError
 from encdec.progress import silence_bars
 
@@ -34,8 +36,9 @@ DEMO_CONFIG = {
     "decoding": {"max_len": 10},
 }
 # Bars are drawn on stderr only when it is a terminal; --quiet turns them off there too.
-DEVICE_HELP = "auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"
 QUIET_HELP = "no progress bars on stderr"
+AS_TRAINED = " (default: the checkpoint's decoding settings)"
+CHECKPOINT_HELP = "a checkpoint (best.pt), or the run folder of encdec train that holds it"
 
 DEMO_SENTENCES = [
     "good morning",
@@ -44,6 +47,45 @@ DEMO_SENTENCES = [
     "see you tomorrow",
     "let's go",
 ]
+
+
+# the config fields that options set: an error about the value names the option
+OPTION_FIELDS = {
+    "beam": "decoding.beam_size",
+    "length_penalty": "decoding.length_penalty",
+    "max_len": "decoding.max_len",
+    "temperature": "decoding.temperature",
+    "top_k": "decoding.top_k",
+    "epochs": "training.epochs",
+    "max_steps": "training.max_steps",
+    "min_freq": "data.min_freq",
+}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default shown once, and only where it says something (not None or False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text, default = action.help or "", action.default
+        says_nothing = default in (None, [], argparse.SUPPRESS) or default is False
+        if says_nothing or "default" in help_text or not action.option_strings:
+            return help_text
+        shown = " ".join(map(str, default)) if isinstance(default, list) else str(default)
+        return f"{help_text} (default: {shown.replace('%', '%%')})"
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Check the values of options that set config fields; an error names the option."""
+    for dest, field in OPTION_FIELDS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        section, key = field.split(".")
+        try:
+            from_dict({section: {key: value}})
+        except EncdecError as error:
+            option = "--" + dest.replace("_", "-")
+            raise EncdecError(str(error).replace(f"config field '{field}'", option)) from None
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -107,17 +149,27 @@ def _resumed_config(args: argparse.Namespace):
 
 
 def cmd_translate(args: argparse.Namespace) -> None:
+    if not args.output:
+        sys.stdout.write(_translated_text(args))
+        return
+    from encdec.checkpoint import atomic_file
+
+    with atomic_file(args.output) as file:  # a bad --output path fails before translating
+        file.write(_translated_text(args).encode("utf-8"))
+
+
+def _translated_text(args: argparse.Namespace) -> str:
+    """The translations of --input (or stdin), one line each."""
     from encdec.translator import Translator
 
     translator = Translator.load(args.checkpoint, int8=args.int8, device=args.device)
-    source = data.read_lines(args.input) if args.input else data.split_lines(sys.stdin.read())
+    if args.input:
+        source = data.read_lines(args.input)
+    else:  # bytes, decoded here, so that text that is not UTF-8 gets a clear error
+        source = data.read_stream_lines(sys.stdin.buffer, "stdin")
     with silence_bars(args.quiet):
         translations = translator.translate(source, seed=args.seed, **_decoding_options(args))
-    text = "".join(line + "\n" for line in translations)
-    if args.output:
-        _write_atomically(Path(args.output), text)
-    else:
-        sys.stdout.write(text)
+    return "".join(line + "\n" for line in translations)
 
 
 def _decoding_options(args: argparse.Namespace) -> dict:
@@ -138,23 +190,20 @@ def _add_device_option(parser: argparse.ArgumentParser) -> None:
 
 def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
     _add_device_option(parser)
-    parser.add_argument("--beam", type=int, help="beam search with this many beams (1 = greedy)")
     parser.add_argument(
-        "--length-penalty", type=float, help="beams are ranked by log-probability / length ** this"
+        "--beam", type=int, help="beam search with this many beams (1 = greedy)" + AS_TRAINED
     )
-    parser.add_argument("--max-len", type=int, help="most tokens per translation")
+    parser.add_argument(
+        "--length-penalty",
+        type=float,
+        help="beams are ranked by log-probability / length ** this" + AS_TRAINED,
+    )
+    parser.add_argument("--max-len", type=int, help="most tokens per translation" + AS_TRAINED)
     parser.add_argument(
         "--unk-replace",
         action="store_true",
         help="replace each <unk> by the source word attended to most (attention models)",
     )
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    from encdec.checkpoint import atomic_file
-
-    with atomic_file(path) as file:
-        file.write(text.encode("utf-8"))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -250,23 +299,30 @@ def _add_plot_parser(verb) -> None:
     plot_parser = verb("plot", "a run's learning curves or a model's attention, as PNG", cmd_plot)
     kinds = plot_parser.add_subparsers(dest="kind", required=True, metavar="KIND")
     curves_help = "loss, perplexity and BLEU/chrF per epoch, from RUN_DIR/metrics.jsonl"
-    curves = kinds.add_parser("curves", help=curves_help, description=curves_help)
+    curves = kinds.add_parser(
+        "curves", help=curves_help, description=curves_help, formatter_class=HelpFormatter
+    )
+    curves.set_defaults(command_parser=curves)
     curves.add_argument("run_dir", help="the --out folder of encdec train")
     curves.add_argument("--output", help="PNG to write (default: RUN_DIR/curves.png)")
     attention_help = "heatmap of where each word of the translation looked in the source"
-    attention = kinds.add_parser("attention", help=attention_help, description=attention_help)
-    attention.add_argument("checkpoint", help="a best.pt of a model with attention")
-    attention.add_argument("sentence", help="the source sentence to translate")
-    attention.add_argument(
-        "--output", default="attention.png", help="PNG to write (default: attention.png)"
+    attention = kinds.add_parser(
+        "attention", help=attention_help, description=attention_help, formatter_class=HelpFormatter
     )
+    attention.set_defaults(command_parser=attention)
+    attention.add_argument("checkpoint", help=f"{CHECKPOINT_HELP}, of a model with attention")
+    attention.add_argument("sentence", help="the source sentence to translate")
+    attention.add_argument("--output", default="attention.png", help="PNG to write")
     attention.add_argument("--beam", type=int, help="beam size (default: the checkpoint's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="encdec", description="Recurrent encoder-decoder models for machine translation."
+        prog="encdec",
+        description="Recurrent encoder-decoder models for machine translation.",
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('encdec')}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -276,9 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
             help=help_text,
             description=help_text,
             epilog=f"example: {EXAMPLES[name]}",
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=HelpFormatter,
         )
-        sub.set_defaults(handler=handler)
+        sub.set_defaults(handler=handler, command_parser=sub)
         return sub
 
     train_parser = verb("train", "train a model from a config", cmd_train)
@@ -304,15 +360,17 @@ def build_parser() -> argparse.ArgumentParser:
     translate_parser = verb(
         "translate", "translate sentences (stdin or --input), one per line", cmd_translate
     )
-    translate_parser.add_argument("checkpoint", help="a best.pt written by encdec train")
+    translate_parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
     translate_parser.add_argument("--input", help="file of sentences (default: stdin)")
     translate_parser.add_argument("--output", help="write here (atomically) instead of stdout")
     _add_decoding_options(translate_parser)
     translate_parser.add_argument(
-        "--temperature", type=float, help="0 = greedy; above 0 samples from the softmax"
+        "--temperature",
+        type=float,
+        help="0 = greedy; above 0 samples from the softmax" + AS_TRAINED,
     )
     translate_parser.add_argument(
-        "--top-k", type=int, help="when sampling, only among the k likeliest tokens"
+        "--top-k", type=int, help="when sampling, only among the k likeliest tokens" + AS_TRAINED
     )
     translate_parser.add_argument("--seed", type=int, help="random seed for sampling")
     translate_parser.add_argument(
@@ -323,8 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser = verb(
         "evaluate", "loss, perplexity, BLEU and chrF of a checkpoint", cmd_evaluate
     )
-    evaluate_parser.add_argument("checkpoint", help="a best.pt written by encdec train")
-    evaluate_parser.add_argument("--split", default="test", choices=data.SPLITS)
+    evaluate_parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    evaluate_parser.add_argument(
+        "--split",
+        default="test",
+        choices=data.SPLITS,
+        help="the split of the checkpoint's data (Multi30k or data.*_src files) to score",
+    )
     evaluate_parser.add_argument("--data-dir", help="Multi30k folder (default: as trained)")
     evaluate_parser.add_argument("--src", help="source file to score instead of a split")
     evaluate_parser.add_argument("--ref", help="reference translations of --src")
@@ -348,7 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
         "download", "fetch Multi30k into the cache and verify checksums", cmd_download
     )
     download_parser.add_argument(
-        "--langs", nargs="+", default=list(data.MULTI30K_LANGS), choices=data.MULTI30K_LANGS
+        "--langs",
+        nargs="+",
+        default=list(data.MULTI30K_LANGS),
+        choices=data.MULTI30K_LANGS,
+        help="the languages to fetch, each with its train, valid and test files",
     )
     average_parser = verb(
         "average", "average the weights of checkpoints of one run into one", cmd_average
@@ -361,9 +428,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line; an unknown argument shows the usage of the verb it was given to."""
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
     try:
+        _check_options(args)
         args.handler(args)
     except EncdecError as error:
         if args.debug:

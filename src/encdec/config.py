@@ -139,6 +139,7 @@ NON_NEGATIVE = {
     ("training", "lr_patience"),
     ("training", "min_lr"),
     ("training", "keep_checkpoints"),
+    ("decoding", "temperature"),
 }
 FRACTIONS = {
     ("model", "dropout"),

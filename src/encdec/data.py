@@ -83,14 +83,19 @@ def _read_bytes(path: Path) -> bytes:
         ) from None
 
 
-def _decode_utf8(data: bytes, path: Path) -> str:
+def read_stream_lines(stream: BinaryIO, name: str) -> list[str]:
+    """Lines of a stream of UTF-8 bytes such as stdin (`split_lines`); errors call it `name`."""
+    return split_lines(_decode_utf8(stream.read(), name))
+
+
+def _decode_utf8(data: bytes, path: str | Path) -> str:
     """Decode, pointing at the offending line when the bytes are not UTF-8."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         line_number = data.count(b"\n", 0, error.start) + 1
         raise EncdecError(
-            f"{path}:{line_number}: not valid UTF-8 ({error.reason}); re-encode the file as UTF-8"
+            f"{path}:{line_number}: not valid UTF-8 ({error.reason}); re-encode it as UTF-8"
         ) from None
 
 

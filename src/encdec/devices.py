@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from encdec.errors import EncdecError
+
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_HELP = "auto (a CUDA GPU when there is one), cpu, cuda or cuda:N"
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """The device `name` asks for, checked; `auto` and `cuda` take this process's own GPU."""
+    import torch  # here, so that the command line shows DEVICE_HELP without loading torch
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":

@@ -16,6 +16,8 @@ if TYPE_CHECKING:  # tensorboard is optional: `pip install encdec[tensorboard]`
     from torch.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger("encdec")
+# a log record with this attribute set goes to train.log only (its news reaches stderr otherwise)
+FILE_ONLY = "file_only"
 
 
 def setup_logging(out_dir: Path, quiet: bool, processes: Processes) -> None:
@@ -28,7 +30,9 @@ def setup_logging(out_dir: Path, quiet: bool, processes: Processes) -> None:
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(file_handler)
     if not quiet:
-        log.addHandler(LogAboveBars())
+        on_stderr = LogAboveBars()
+        on_stderr.addFilter(lambda record: not getattr(record, FILE_ONLY, False))
+        log.addHandler(on_stderr)
 
 
 def describe(corpus: Corpus, model: Seq2Seq) -> None:

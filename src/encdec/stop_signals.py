@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from encdec.distributed import Processes, sum_across
+from encdec.reporting import FILE_ONLY
 
 if TYPE_CHECKING:
     from encdec.run_state import Run
@@ -55,7 +56,7 @@ class StopSignals:
             f"{len(progress.batches)}; last.pt is saved: continue with "
             f"`encdec train --resume {run.out_dir}`"
         )
-        log.info(message)
+        log.info(message, extra={FILE_ONLY: True})  # the exception's message reaches stderr
         raise TrainingStopped(message, 128 + number)
 
 

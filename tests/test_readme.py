@@ -1,0 +1,41 @@
+"""The README's promises: its Python snippet runs as printed, and its links lead somewhere."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+README = REPO_ROOT / "README.md"
+
+
+def python_snippet() -> str:
+    (snippet,) = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+    return snippet
+
+
+def test_the_python_snippet_runs_as_printed_where_encdec_data_names_the_data(
+    tmp_path, multi30k_dir
+):
+    shutil.copytree(REPO_ROOT / "configs", tmp_path / "configs")  # the snippet's working folder
+    env = {**os.environ, "ENCDEC_DATA": str(multi30k_dir), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", python_snippet()],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(result.stdout.splitlines()) == 4  # three translations, then the best's tokens
+    assert (tmp_path / "runs" / "smoke" / "best.pt").is_file()
+
+
+def test_every_relative_link_leads_to_a_file_and_the_tutorial_is_one():
+    links = re.findall(r"\]\(([^)]+)\)", README.read_text(encoding="utf-8"))
+    relative = [link.split("#")[0] for link in links if "://" not in link]
+    assert "docs/tutorial.md" in relative
+    assert [link for link in relative if not (REPO_ROOT / link).is_file()] == []
