@@ -210,6 +210,26 @@ def test_cli_plot_attention_writes_png(attention_checkpoint, tmp_path, monkeypat
     assert_png(tmp_path / "attention.png")
 
 
+def test_cli_plot_attention_of_a_run_folder_reads_its_best_pt(attention_checkpoint, tmp_path):
+    output = tmp_path / "from_folder.png"
+    argv = [
+        "plot",
+        "attention",
+        str(attention_checkpoint.parent),
+        SENTENCE,
+        "--output",
+        str(output),
+    ]
+    assert main(argv) == 0
+    assert_png(output)
+
+
+def test_cli_plot_to_a_missing_folder_is_one_line_error(tmp_path, capsys):
+    write_metrics(tmp_path, [json.dumps(epoch_record(1))])
+    assert main(["plot", "curves", str(tmp_path), "--output", str(tmp_path / "no/c.png")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
 def test_cli_plot_attention_without_attention_returns_2(demo_checkpoint, tmp_path, capsys):
     output = tmp_path / "attn.png"
     argv = ["plot", "attention", str(demo_checkpoint), SENTENCE, "--output", str(output)]

@@ -421,7 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
         "average", "average the weights of checkpoints of one run into one", cmd_average
     )
     average_parser.add_argument(
-        "checkpoints", nargs="+", help="epoch_NNN.pt files (training.keep_checkpoints) or others"
+        "checkpoints",
+        nargs="+",
+        help="epoch_NNN.pt files (training.keep_checkpoints), other checkpoints or run folders",
     )
     average_parser.add_argument("--output", required=True, help="the averaged checkpoint to write")
     _add_plot_parser(verb)
