@@ -14,6 +14,7 @@ from encdec.config import from_dict, load_config
 from encdec.devices import DEVICE_HELP
 from encdec.errors import EncdecError
 from encdec.progress import silence_bars
+from encdec.serve import add_serve_parser
 
 EXAMPLES = {
     "train": "encdec train --config configs/multi30k_seed.yaml --data-dir ../shared/data/multi30k "
@@ -26,6 +27,7 @@ EXAMPLES = {
     "average": "encdec average runs/attention/epoch_01[3-5].pt --output runs/attention/avg.pt",
     "plot": "encdec plot curves runs/seed; "
     'encdec plot attention runs/attention/best.pt "Ein Mann fährt Fahrrad."',
+    "serve": "encdec serve runs/attention --port 8000",
 }
 
 # The demo: a tiny English->Spanish model that memorises the embedded phrase list in seconds.
@@ -427,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     average_parser.add_argument("--output", required=True, help="the averaged checkpoint to write")
     _add_plot_parser(verb)
+    add_serve_parser(verb)
     return parser
 
 

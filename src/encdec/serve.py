@@ -1,0 +1,124 @@
+"""`encdec serve`: its options and limits; the server itself is imported only when it runs."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from dataclasses import dataclass
+
+from encdec.errors import EncdecError
+
+HELP = "a JSON API and a web page that translate with a checkpoint (docs/serving.md)"
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number above 0, not {text!r}")
+    return int(text)
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 60_000:
+        raise argparse.ArgumentTypeError(f"must be 0 to 60000 milliseconds, not {text!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; each refusal names the limit it hit."""
+
+    max_body_bytes: int = 1_048_576
+    max_sentences: int = 100  # per request
+    max_sentence_chars: int = 1000
+    max_beam_size: int = 10
+
+
+def add_serve_parser(verb) -> None:
+    """The `serve` verb and its options (`verb` is cli.build_parser's sub-parser maker)."""
+    parser = verb("serve", HELP, serve)
+    parser.add_argument("checkpoint", help="a best.pt, or the run folder holding it")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)"
+    )
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (0: any free one)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (a CUDA GPU when there is one), cpu or cuda:N"
+    )
+    parser.add_argument(
+        "--int8", action="store_true", help="quantize the model to int8 first (faster on CPU)"
+    )
+    parser.add_argument(
+        "--max-batch-sentences",
+        type=_positive_int,
+        default=64,
+        metavar="N",
+        help="most sentences decoded together, from one request or many",
+    )
+    parser.add_argument(
+        "--max-wait-ms",
+        type=_milliseconds,
+        default=5.0,
+        metavar="MS",
+        help="how long a sentence may wait for others to fill its batch",
+    )
+    parser.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="require 'Authorization: Bearer <key>', the key read from this environment variable",
+    )
+    for name, meaning in (
+        ("max_body_bytes", "largest request body"),
+        ("max_sentences", "most sentences in one request"),
+        ("max_sentence_chars", "most characters in one sentence"),
+        ("max_beam_size", "largest beam_size a request may ask for"),
+    ):
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=_positive_int,
+            default=getattr(Limits, name),
+            metavar="N",
+            help=meaning,
+        )
+
+
+def _api_key(variable: str | None) -> str | None:
+    if variable is None:
+        return None
+    key = os.environ.get(variable, "").strip()
+    if not key:
+        raise EncdecError(f"--api-key-env {variable}: the environment variable is unset or empty")
+    return key
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port, so that the URL is known (port 0 included) before serving."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        raise EncdecError(
+            f"cannot listen on {host} port {port}: {error.strerror}; choose another --port"
+        ) from None
+    return listener
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Load the checkpoint, then answer HTTP requests until stopped."""
+    from encdec.server import create_app, run
+    from encdec.translator import Translator
+
+    api_key = _api_key(args.api_key_env)
+    translator = Translator.load(args.checkpoint, int8=args.int8, device=args.device)
+    limits = Limits(
+        args.max_body_bytes, args.max_sentences, args.max_sentence_chars, args.max_beam_size
+    )
+    app = create_app(translator, limits, args.max_batch_sentences, args.max_wait_ms, api_key)
+    run(app, _listening_socket(args.host, args.port))

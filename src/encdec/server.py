@@ -1,0 +1,388 @@
+"""The HTTP service of `encdec serve`: request → checks → batching queue → Translator → JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hmac
+import json
+import logging
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib.metadata import version
+from importlib.resources import files
+
+import torch
+import uvicorn
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from encdec.data import split_lines
+from encdec.errors import EncdecError
+from encdec.model import build_model
+from encdec.serve import Limits
+from encdec.serve_queue import BatchingQueue
+from encdec.translator import Translation, Translator
+
+log = logging.getLogger("encdec.serve")
+OPEN_PATHS = ("/", "/health")  # reachable without the API key, like the page's files
+PAGE_FILES = "/web/"  # app.js and style.css, package data beside index.html
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+class TranslateRequest(BaseModel):
+    """The JSON body of POST /translate; a field left out takes the checkpoint's setting."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    text: list[str]  # a single string is read like `encdec translate`'s input: a sentence a line
+    beam_size: int | None = Field(None, ge=1)
+    n_best: int = Field(1, ge=1)
+    temperature: float | None = Field(None, ge=0)
+    top_k: int | None = Field(None, ge=1)
+    length_penalty: float | None = None
+    unk_replace: bool | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    attention: bool = False
+
+    @field_validator("text", mode="before")
+    @classmethod
+    def _one_sentence_a_line(cls, text: object) -> object:
+        return split_lines(text) if isinstance(text, str) else text
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """The settings a request decodes with: requests with equal options share batches."""
+
+    beam_size: int | None
+    temperature: float | None
+    top_k: int | None
+    length_penalty: float | None
+    unk_replace: bool | None
+    n_best: int
+    seed: int | None
+
+    @classmethod
+    def of(cls, request: TranslateRequest, defaults: dict) -> DecodingOptions:
+        """Unset fields become the checkpoint's `defaults`, so equal settings compare equal.
+
+        A seed counts only when sampling; greedy and beam search ignore it.
+        """
+        settings = {
+            name: defaults[name] if getattr(request, name) is None else getattr(request, name)
+            for name in ("beam_size", "temperature", "top_k", "length_penalty", "unk_replace")
+        }
+        sampling = settings["beam_size"] == 1 and settings["temperature"] > 0
+        seed = request.seed if sampling else None
+        return cls(**settings, n_best=request.n_best, seed=seed)
+
+
+def refusal(status: int, message: str) -> HTTPException:
+    """An error answer: `{"error": message}` with this status."""
+    return HTTPException(status_code=status, detail=message)
+
+
+def _problem(error: dict) -> str:
+    """One pydantic error as a sentence that names the field."""
+    field = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden":
+        known = ", ".join(TranslateRequest.model_fields)
+        return f"unknown field '{field}' (known fields: {known})"
+    if error["type"] == "missing":
+        return f"'{field}' is required"
+    return f"'{field}': {error['msg']}"
+
+
+async def _body(request: Request, max_body_bytes: int) -> bytes:
+    """The request body, read only up to the limit."""
+    too_large = refusal(
+        413, f"the request body is over the limit max_body_bytes = {max_body_bytes}"
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_body_bytes:
+        raise too_large
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > max_body_bytes:
+            raise too_large
+    return bytes(body)
+
+
+def parse_request(body: bytes) -> TranslateRequest:
+    """The body as a TranslateRequest; malformed JSON is a 400, a bad field a 422."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError) as error:
+        raise refusal(400, f"the body is not valid JSON: {error}") from None
+    if not isinstance(payload, dict):
+        raise refusal(422, 'the body must be a JSON object, like {"text": ["Hallo Welt."]}')
+    try:
+        return TranslateRequest.model_validate(payload)
+    except ValidationError as error:
+        raise refusal(422, "; ".join(_problem(e) for e in error.errors())) from None
+
+
+def check_limits(request: TranslateRequest, limits: Limits) -> None:
+    """Refuse (422) a request that asks for more than the server's limits allow."""
+    if len(request.text) > limits.max_sentences:
+        raise refusal(
+            422,
+            f"{len(request.text)} sentences are over the limit max_sentences = "
+            f"{limits.max_sentences}; send them in several requests",
+        )
+    for number, sentence in enumerate(request.text, start=1):
+        if len(sentence) > limits.max_sentence_chars:
+            raise refusal(
+                422,
+                f"sentence {number} has {len(sentence)} characters, over the limit "
+                f"max_sentence_chars = {limits.max_sentence_chars}",
+            )
+    if request.beam_size is not None and request.beam_size > limits.max_beam_size:
+        raise refusal(
+            422,
+            f"beam_size {request.beam_size} is over the limit max_beam_size = "
+            f"{limits.max_beam_size}",
+        )
+
+
+def answer(translations: list[Translation], with_attention: bool) -> dict:
+    """One sentence's answer: the best translation, the n-best list and maybe attention."""
+    best = translations[0]
+    result = {
+        "text": best.text,
+        "tokens": best.tokens,
+        "score": best.score,
+        "n_best": [{"text": t.text, "tokens": t.tokens, "score": t.score} for t in translations],
+        "source_tokens": best.source_tokens,
+    }
+    if with_attention and best.attention is not None:
+        # (len(tokens), len(source_tokens)): a batch pads sources, and padding gets no weight;
+        # 4 decimals are all the page or a plot can show
+        weights = best.attention[:, : len(best.source_tokens)]
+        result["attention"] = weights.float().round(decimals=4).tolist()
+    return result
+
+
+def model_info(translator: Translator) -> dict:
+    """What GET /info says about the model; the parameters are counted without memory."""
+    config = translator.config
+    with torch.device("meta"):
+        model = build_model(config.model, len(translator.src_vocab), len(translator.trg_vocab))
+    return {
+        "encdec_version": version("encdec"),
+        "source_language": config.data.src_lang,
+        "target_language": config.data.trg_lang,
+        "parameters": sum(parameter.numel() for parameter in model.parameters()),
+        "source_vocabulary": len(translator.src_vocab),
+        "target_vocabulary": len(translator.trg_vocab),
+        "cell": config.model.cell,
+        "attention": config.model.attention != "none",
+        "attention_kind": config.model.attention,
+        "device": str(next(translator.model.parameters(), torch.empty(0)).device),
+        "decoding": dataclasses.asdict(config.decoding),
+    }
+
+
+class RequestLog:
+    """One log line per request: method, path, status, milliseconds, sentences."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), 500
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            milliseconds = (time.perf_counter() - started) * 1000
+            sentences = scope.get("state", {}).get("sentences", 0)
+            log.info(
+                "%s %s %d %.1f ms %d sentences",
+                scope["method"],
+                scope["path"],
+                status,
+                milliseconds,
+                sentences,
+            )
+
+
+class RequireApiKey:
+    """401 unless `Authorization: Bearer <key>`; the page and /health stay open."""
+
+    def __init__(self, app: ASGIApp, api_key: str | None):
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.api_key is None or scope["type"] != "http" or _is_open(scope["path"]):
+            return await self.app(scope, receive, send)
+        scheme, _, given = Request(scope).headers.get("authorization", "").partition(" ")
+        # compare_digest takes as long for a near miss as for a wild guess
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), self.api_key.encode()
+        ):
+            return await self.app(scope, receive, send)
+        response = JSONResponse(
+            {"error": "this server needs an API key: send 'Authorization: Bearer <key>'"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+        await response(scope, receive, send)
+
+
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path.startswith(PAGE_FILES)
+
+
+class TranslationService:
+    """The routes: each request's sentences go through the batching queue to the Translator."""
+
+    def __init__(
+        self,
+        translator: Translator,
+        limits: Limits,
+        max_batch_sentences: int,
+        max_wait_ms: float,
+    ):
+        self.translator, self.limits = translator, limits
+        self.defaults = dataclasses.asdict(translator.config.decoding)
+        self.info = model_info(translator)
+        self.queue = BatchingQueue(self.decode, max_batch_sentences, max_wait_ms)
+
+    def decode(self, sentences: list[str], options: DecodingOptions) -> list[list[Translation]]:
+        """A batch of sentences through the Translator (in the queue's worker thread)."""
+        return self.translator.translations(
+            sentences,
+            n_best=options.n_best,
+            seed=options.seed,
+            beam_size=options.beam_size,
+            temperature=options.temperature,
+            top_k=options.top_k,
+            length_penalty=options.length_penalty,
+            unk_replace=options.unk_replace,
+        )
+
+    async def translate(self, request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        body = parse_request(await _body(request, self.limits.max_body_bytes))
+        check_limits(body, self.limits)
+        request.state.sentences = len(body.text)
+        options = DecodingOptions.of(body, self.defaults)
+        try:
+            results = await self.queue.translate(body.text, options, alone=options.seed is not None)
+        except EncdecError as error:  # e.g. n_best over beam_size, as the Translator checks
+            raise refusal(422, str(error)) from None
+        return JSONResponse(
+            {
+                "translations": [answer(result, body.attention) for result in results],
+                "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
+            }
+        )
+
+    async def health(self, request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def model(self, request: Request) -> JSONResponse:
+        queue = self.queue
+        batching = {"max_batch_sentences": queue.max_batch_sentences}
+        batching |= {"max_wait_ms": queue.max_wait_ms} | dataclasses.asdict(queue.stats)
+        limits = dataclasses.asdict(self.limits)
+        return JSONResponse(self.info | {"limits": limits, "batching": batching})
+
+    async def page(self, request: Request) -> Response:
+        html = files("encdec").joinpath("web/index.html").read_bytes()
+        return Response(html, media_type="text/html", headers=PAGE_HEADERS)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        async with self.queue.running():
+            yield
+        log.info("stopped: every request in flight has its answer")
+
+
+def create_app(
+    translator: Translator,
+    limits: Limits,
+    max_batch_sentences: int,
+    max_wait_ms: float,
+    api_key: str | None,
+) -> Starlette:
+    """The ASGI app of `encdec serve`; `api_key` None leaves it open."""
+    service = TranslationService(translator, limits, max_batch_sentences, max_wait_ms)
+    return Starlette(
+        routes=[
+            Route("/", service.page),
+            Route("/translate", service.translate, methods=["POST"]),
+            Route("/health", service.health),
+            Route("/info", service.model),
+            Mount(PAGE_FILES.rstrip("/"), StaticFiles(packages=[("encdec", "web")])),
+        ],
+        middleware=[Middleware(RequestLog), Middleware(RequireApiKey, api_key=api_key)],
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+        lifespan=service.lifespan,
+    )
+
+
+async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+    message = error.detail
+    if error.status_code == 404:
+        message = f"no such path: {request.url.path}"
+    elif error.status_code == 405:
+        allowed = (error.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed on {request.url.path} (allowed: {allowed})"
+    return JSONResponse({"error": message}, status_code=error.status_code, headers=error.headers)
+
+
+async def _server_error(request: Request, error: Exception) -> JSONResponse:
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=error)
+    return JSONResponse({"error": "internal error (the server's log has the details)"}, 500)
+
+
+class AnnouncingServer(uvicorn.Server):
+    """uvicorn's server, printing one line with the URL once it accepts requests."""
+
+    def __init__(self, config: uvicorn.Config, url: str):
+        super().__init__(config)
+        self.url = url
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            print(f"encdec serve: listening on {self.url} (Ctrl+C or SIGTERM stops it)", flush=True)
+
+
+def run(app: Starlette, listener: socket.socket) -> None:
+    """Serve `app` on the bound `listener` until Ctrl+C or SIGTERM; one log line per request."""
+    host, port = listener.getsockname()[:2]
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
+    # On SIGTERM uvicorn stops accepting, finishes the requests in flight, then raises the signal
+    # again for the handler it found; this one lets the command end normally (exit 0).
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    AnnouncingServer(config, url).run(sockets=[listener])
