@@ -69,13 +69,13 @@ class TranslateRequest(BaseModel):
 class DecodingOptions:
     """The settings a request decodes with: requests with equal options share batches."""
 
-    beam_size: int | None
-    temperature: float | None
+    beam_size: int
+    temperature: float
     top_k: int | None
-    length_penalty: float | None
-    unk_replace: bool | None
+    length_penalty: float
+    unk_replace: bool
     n_best: int
-    seed: int | None
+    seed: int | None  # None unless sampling
 
     @classmethod
     def of(cls, request: TranslateRequest, defaults: dict) -> DecodingOptions:
