@@ -27,7 +27,7 @@ from encdec.stop_signals import StopSignals
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEED_CONFIG = REPO_ROOT / "configs" / "multi30k_seed.yaml"
-VERBS = ["train", "translate", "evaluate", "data-stats", "demo", "download", "plot"]
+VERBS = ["train", "translate", "evaluate", "data-stats", "demo", "download", "plot", "serve"]
 GERMAN = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee."]
 
 

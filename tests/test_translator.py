@@ -17,9 +17,10 @@ from encdec.corpus import build_corpus
 from encdec.data import toy_phrases
 from encdec.errors import EncdecError
 from encdec.metrics import bleu
+from encdec.model import build_model
 from encdec.training import evaluate_split, train
 from encdec.translator import Translator
-from encdec.vocab import EOS, PAD, SOS
+from encdec.vocab import EOS, PAD, SOS, Vocab
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -227,3 +228,17 @@ def test_public_names_load_on_first_use():
         "assert Translator.__module__ == 'encdec.translator' and callable(train)"
     )
     assert {"encdec.training", "encdec.translator", "encdec.config"} <= modules
+
+
+def test_attention_has_a_column_per_source_token_in_a_padded_batch():
+    raw = copy.deepcopy(DEMO_CONFIG)
+    raw["model"]["attention"] = "general"
+    config = from_dict(raw)
+    words = ["a", "b", "c", "d"]
+    src_vocab, trg_vocab = (Vocab.build([words], min_freq=1) for _ in range(2))
+    torch.manual_seed(0)
+    model = build_model(config.model, len(src_vocab), len(trg_vocab))
+    translator = Translator(model, config, src_vocab, trg_vocab)
+    short, long = translator.translations(["a", "a b c d a b c d"], beam_size=2, max_len=5)
+    for (best,) in (short[:1], long[:1]):
+        assert best.attention.shape == (len(best.tokens), len(best.source_tokens))

@@ -7,6 +7,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+from encdec.devices import DEVICE_HELP
 from encdec.errors import EncdecError
 
 HELP = "a JSON API and a web page that translate with a checkpoint (docs/serving.md)"
@@ -46,9 +47,7 @@ def add_serve_parser(verb) -> None:
         "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)"
     )
     parser.add_argument("--port", type=int, default=8000, help="TCP port (0: any free one)")
-    parser.add_argument(
-        "--device", default="auto", help="auto (a CUDA GPU when there is one), cpu or cuda:N"
-    )
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--int8", action="store_true", help="quantize the model to int8 first (faster on CPU)"
     )

@@ -172,10 +172,8 @@ def answer(translations: list[Translation], with_attention: bool) -> dict:
         "source_tokens": best.source_tokens,
     }
     if with_attention and best.attention is not None:
-        # (len(tokens), len(source_tokens)): a batch pads sources, and padding gets no weight;
-        # 4 decimals are all the page or a plot can show
-        weights = best.attention[:, : len(best.source_tokens)]
-        result["attention"] = weights.float().round(decimals=4).tolist()
+        # (len(tokens), len(source_tokens)); 4 decimals are all the page or a plot can show
+        result["attention"] = best.attention.float().round(decimals=4).tolist()
     return result
 
 

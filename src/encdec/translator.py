@@ -178,10 +178,13 @@ class Translator:
         tokens = self.trg_vocab.decode(hypothesis.ids)
         # what the model read: <sos>, the (maybe reversed) source, <eos>
         read = [SOS, *(source_tokens[::-1] if self.config.data.reverse_src else source_tokens), EOS]
-        if unk_replace and hypothesis.attention is not None:
-            tokens = _replace_unknowns(tokens, read, hypothesis.attention)
+        attention = hypothesis.attention
+        if attention is not None:
+            attention = attention[:, : len(read)]  # a batch pads sources; padding gets no weight
+        if unk_replace and attention is not None:
+            tokens = _replace_unknowns(tokens, read, attention)
         text = self.trg_tokenizer.detokenize(tokens) if sentence.strip() else ""
-        return Translation(text, tokens, hypothesis.score, read, hypothesis.attention)
+        return Translation(text, tokens, hypothesis.score, read, attention)
 
     def evaluate(
         self,
