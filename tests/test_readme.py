@@ -20,7 +20,7 @@ def test_the_python_snippet_runs_as_printed_where_encdec_data_names_the_data(
     tmp_path, multi30k_dir
 ):
     shutil.copytree(REPO_ROOT / "configs", tmp_path / "configs")  # the snippet's working folder
-    env = {**os.environ, "ENCDEC_DATA": str(multi30k_dir), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "ENCDEC_DATA": str(multi30k_dir)}
     result = subprocess.run(
         [sys.executable, "-c", python_snippet()],
         cwd=tmp_path,
