@@ -9,10 +9,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
-from torch.nn import functional as F
 
 from encdec.batching import Example, collate, evaluation_batches
-from encdec.metrics import bleu, bleu_tok, chrf, perplexity
+from encdec.metrics import bleu, bleu_tok, chrf, perplexity, token_losses
 from encdec.model import Seq2Seq
 from encdec.progress import progress_bar
 
@@ -43,9 +42,7 @@ def corpus_loss(
         trg = batch.trg.to(device)  # (T, B)
         logits = model(batch.src.to(device), batch.src_lengths, trg, teacher_forcing_ratio)
         # the prediction at step t is scored against trg[t + 1]: logits (T-1, B, V)
-        loss_sum += F.cross_entropy(
-            logits.flatten(0, 1).float(), trg[1:].flatten(), ignore_index=pad_idx, reduction="sum"
-        ).double()
+        loss_sum += token_losses(logits.float(), trg[1:], pad_idx)[0].double()
         n_tokens += batch.n_target_tokens
     return loss_sum.item() / n_tokens
 

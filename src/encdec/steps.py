@@ -12,13 +12,12 @@ from functools import partial
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
 
 from encdec.batching import Example, collate
 from encdec.config import TrainingConfig
 from encdec.errors import EncdecError
-from encdec.metrics import perplexity
+from encdec.metrics import perplexity, token_losses
 from encdec.model import Seq2Seq
 from encdec.progress import progress_bar
 
@@ -74,22 +73,6 @@ def epoch_scheduler(
         patience=settings.lr_patience,
         min_lr=settings.min_lr,
     )
-
-
-def token_losses(
-    logits: torch.Tensor, targets: torch.Tensor, pad_idx: int, label_smoothing: float = 0.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy over the non-padding targets: plain (reported), smoothed (trained).
-
-    The smoothed loss is PyTorch's `label_smoothing`: (1 - e) * nll + e * mean over words of -log p.
-    """
-    log_probs = logits.flatten(0, 1).log_softmax(dim=-1)  # (N, V), N = (T-1)*B
-    targets = targets.flatten()  # (N,)
-    nll = F.nll_loss(log_probs, targets, ignore_index=pad_idx, reduction="sum")
-    if label_smoothing == 0.0:
-        return nll, nll
-    uniform = -log_probs.mean(dim=-1)[targets != pad_idx].sum()  # cross-entropy to uniform
-    return nll, (1 - label_smoothing) * nll + label_smoothing * uniform
 
 
 class NonFiniteLoss(EncdecError):
