@@ -13,7 +13,7 @@ from encdec.checkpoint import load_checkpoint, save_checkpoint
 from encdec.config import DataConfig, ModelConfig, from_dict
 from encdec.corpus import build_corpus
 from encdec.errors import EncdecError
-from encdec.model import Decoder, Encoder, Seq2Seq, build_model, count_parameters
+from encdec.model import Decoder, Encoder, Seq2Seq, WordDropout, build_model, count_parameters
 from encdec.rnn import RNN_CELLS, StackedRNN
 from encdec.steps import make_optimizer, run_epoch, seed_everything
 from encdec.translator import Translator
@@ -420,3 +420,44 @@ def test_int8_translates_the_demo_phrases_like_float(demo_checkpoint):
     sentences = ["good morning", "thank you very much", "see you tomorrow", "let's go"]
     float_translations = Translator.load(demo_checkpoint, device="cpu").translate(sentences)
     assert Translator.load(demo_checkpoint, int8=True).translate(sentences) == float_translations
+
+
+def test_word_dropout_turns_words_into_unk_in_training_only():
+    torch.manual_seed(0)
+    word_dropout = WordDropout(0.5)
+    tokens = random_batch([30, 22, 9], SRC_VOCAB, seed=3).repeat(1, 40)  # (30, 120)
+    dropped = word_dropout(tokens)
+    words = tokens >= 4
+    became_unk = dropped != tokens
+    assert (dropped[became_unk] == 0).all()
+    assert not became_unk[~words].any()  # <sos>, <eos> and padding stay
+    assert 0.45 < became_unk[words].float().mean() < 0.55
+    assert torch.equal(word_dropout.eval()(tokens), tokens)
+
+
+def test_word_dropout_draws_nothing_when_off_and_changes_no_weights():
+    def model(word_dropout):
+        torch.manual_seed(0)
+        config = ModelConfig(embedding_dim=16, hidden_dim=32, dropout=0.0, word_dropout=word_dropout)
+        return build_model(config, SRC_VOCAB, TRG_VOCAB)
+
+    plain, with_word_dropout = model(0.0), model(0.3)
+    assert plain.state_dict().keys() == with_word_dropout.state_dict().keys()
+    src, trg = random_batch([7, 5], SRC_VOCAB, 1), random_batch([6, 8], TRG_VOCAB, 2)
+    lengths = torch.tensor([7, 5])
+    with torch.no_grad():
+        evaluated = with_word_dropout.eval()(src, lengths, trg)
+        torch.manual_seed(5)
+        trained = plain.train()(src, lengths, trg)
+        after_plain = torch.rand(1)
+        torch.manual_seed(5)
+        with_word_dropout.train()(src, lengths, trg)
+        after_word_dropout = torch.rand(1)
+        assert torch.equal(evaluated, plain.eval()(src, lengths, trg))
+        assert torch.equal(trained, plain(src, lengths, trg))  # dropout 0: training draws nothing
+    assert not torch.equal(after_plain, after_word_dropout)  # word dropout draws its masks
+
+
+def test_word_dropout_of_one_is_refused():
+    with pytest.raises(EncdecError, match="model.word_dropout"):
+        from_dict({"model": {"word_dropout": 1.0}})

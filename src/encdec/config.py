@@ -51,6 +51,7 @@ class ModelConfig:
     input_feeding: bool = False  # feed the last attentional vector into the next decoder step
     context_every_step: bool = False  # without attention: the context vector feeds every step
     tie_embeddings: bool = False  # output layer shares the target embedding's weights
+    word_dropout: float = 0.0  # training: each word becomes <unk> with this probability
 
 
 @dataclass
@@ -143,12 +144,17 @@ NON_NEGATIVE = {
 }
 FRACTIONS = {
     ("model", "dropout"),
+    ("model", "word_dropout"),
     ("training", "teacher_forcing_ratio"),
     ("training", "label_smoothing"),
     ("training", "lr_decay_factor"),
 }
-# 1 would leave no signal (smoothing) or no decay (ReduceLROnPlateau refuses it)
-BELOW_ONE = {("training", "label_smoothing"), ("training", "lr_decay_factor")}
+# 1 would leave no signal (smoothing, word dropout) or no decay (ReduceLROnPlateau refuses it)
+BELOW_ONE = {
+    ("model", "word_dropout"),
+    ("training", "label_smoothing"),
+    ("training", "lr_decay_factor"),
+}
 
 
 def _suggest(name: str, options: typing.Iterable[str]) -> str:

@@ -16,6 +16,9 @@ from encdec.attention import ATTENTIONS, Attention, Memory
 from encdec.config import ModelConfig
 from encdec.errors import EncdecError
 from encdec.rnn import StackedRNN, State
+from encdec.vocab import SPECIALS, UNK
+
+UNK_IDX, FIRST_WORD_IDX = SPECIALS.index(UNK), len(SPECIALS)
 
 
 @dataclass
@@ -36,6 +39,23 @@ class DecoderState:
             _select_columns(self.attentional, index),
             fixed_context=_select_columns(self.fixed_context, index),
         )
+
+
+class WordDropout(nn.Module):
+    """In training, each word becomes <unk> with probability p: whole words dropped, so the
+    model cannot lean on any one of them and learns to read around unknown ones (Sennrich et
+    al., 2016). Specials and padding stay; at evaluation it does nothing."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return tokens
+        dropped = torch.rand(tokens.shape, device=tokens.device) < self.p  # (steps, B)
+        dropped &= tokens >= FIRST_WORD_IDX
+        return tokens.masked_fill(dropped, UNK_IDX)
 
 
 def _select_columns(tensors, index: torch.Tensor):
@@ -64,12 +84,14 @@ class Encoder(nn.Module):
         dropout: float,
         cell: str = "lstm",
         bidirectional: bool = False,
+        word_dropout: float = 0.0,
     ):
         super().__init__()
         if bidirectional and hidden_dim % 2:
             raise EncdecError(f"a bidirectional encoder needs an even hidden_dim, got {hidden_dim}")
         self.hidden_dim, self.num_layers = hidden_dim, num_layers
         rnn_dim = hidden_dim // 2 if bidirectional else hidden_dim  # per direction
+        self.word_dropout = WordDropout(word_dropout)
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.rnn = StackedRNN(cell, embedding_dim, rnn_dim, num_layers, dropout, bidirectional)
         self.dropout = nn.Dropout(dropout)
@@ -78,7 +100,7 @@ class Encoder(nn.Module):
     def forward(self, src: torch.Tensor, src_lengths: torch.Tensor) -> tuple[torch.Tensor, State]:
         """The outputs at every source position, (S, B, H), and the context vector."""
         # src: (S, B); src_lengths: (B,) on the CPU
-        embedded = self.dropout(self.embedding(src))  # (S, B, E)
+        embedded = self.dropout(self.embedding(self.word_dropout(src)))  # (S, B, E)
         # Packing stops each sentence's RNN at its last real token, so the context vector never
         # sees padding and a sentence encodes the same alone or beside longer batch-mates.
         packed = pack_padded_sequence(embedded, src_lengths.cpu(), enforce_sorted=False)
@@ -122,6 +144,7 @@ class Decoder(nn.Module):
         attention: Attention | None = None,
         input_feeding: bool = False,
         context_every_step: bool = False,
+        word_dropout: float = 0.0,
     ):
         super().__init__()
         if context_every_step and attention is not None:
@@ -134,6 +157,7 @@ class Decoder(nn.Module):
             rnn_input_dim += hidden_dim
         if attention is not None and attention.query_before_rnn or context_every_step:
             rnn_input_dim += hidden_dim  # the context vector read before the step
+        self.word_dropout = WordDropout(word_dropout)
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.rnn = StackedRNN(cell, rnn_input_dim, hidden_dim, num_layers, dropout)
         if attention is not None or context_every_step:
@@ -145,7 +169,7 @@ class Decoder(nn.Module):
         self, input_tokens: torch.Tensor, state: DecoderState
     ) -> tuple[torch.Tensor, DecoderState]:
         """Scores (steps, B, V) for the token after each of `input_tokens` (steps, B); new state."""
-        embedded = self.dropout(self.embedding(input_tokens))  # (steps, B, E)
+        embedded = self.dropout(self.embedding(self.word_dropout(input_tokens)))  # (steps, B, E)
         if self.context_every_step:
             return self._with_fixed_context(embedded, state)
         if self.attention is None:
@@ -286,12 +310,19 @@ def build_model(config: ModelConfig, src_vocab_size: int, trg_vocab_size: int) -
         config.dropout,
         config.cell,
     )
-    encoder = Encoder(src_vocab_size, *shape, bidirectional=config.bidirectional)
+    encoder = Encoder(
+        src_vocab_size, *shape, bidirectional=config.bidirectional, word_dropout=config.word_dropout
+    )
     attention = None
     if config.attention != "none":
         attention = ATTENTIONS[config.attention](config.hidden_dim)
     decoder = Decoder(
-        trg_vocab_size, *shape, attention, config.input_feeding, config.context_every_step
+        trg_vocab_size,
+        *shape,
+        attention,
+        config.input_feeding,
+        config.context_every_step,
+        word_dropout=config.word_dropout,
     )
     model = Seq2Seq(encoder, decoder)
     for parameter in model.parameters():
