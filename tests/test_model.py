@@ -438,7 +438,9 @@ def test_word_dropout_turns_words_into_unk_in_training_only():
 def test_word_dropout_draws_nothing_when_off_and_changes_no_weights():
     def model(word_dropout):
         torch.manual_seed(0)
-        config = ModelConfig(embedding_dim=16, hidden_dim=32, dropout=0.0, word_dropout=word_dropout)
+        config = ModelConfig(
+            embedding_dim=16, hidden_dim=32, dropout=0.0, word_dropout=word_dropout
+        )
         return build_model(config, SRC_VOCAB, TRG_VOCAB)
 
     plain, with_word_dropout = model(0.0), model(0.3)
