@@ -41,6 +41,10 @@ DEMO_CONFIG = {
 QUIET_HELP = "no progress bars on stderr"
 AS_TRAINED = " (default: the checkpoint's decoding settings)"
 CHECKPOINT_HELP = "a checkpoint (best.pt), or the run folder of encdec train that holds it"
+CHECKPOINTS_HELP = (
+    f"{CHECKPOINT_HELP}; several translate as an ensemble (the mean of their probabilities), "
+    "if trained with the same data settings"
+)
 
 DEMO_SENTENCES = [
     "good morning",
@@ -362,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     translate_parser = verb(
         "translate", "translate sentences (stdin or --input), one per line", cmd_translate
     )
-    translate_parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    translate_parser.add_argument("checkpoint", nargs="+", help=CHECKPOINTS_HELP)
     translate_parser.add_argument("--input", help="file of sentences (default: stdin)")
     translate_parser.add_argument("--output", help="write here (atomically) instead of stdout")
     _add_decoding_options(translate_parser)
@@ -381,9 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     translate_parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
     evaluate_parser = verb(
-        "evaluate", "loss, perplexity, BLEU and chrF of a checkpoint", cmd_evaluate
+        "evaluate", "loss, perplexity, BLEU and chrF of a checkpoint or an ensemble", cmd_evaluate
     )
-    evaluate_parser.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    evaluate_parser.add_argument("checkpoint", nargs="+", help=CHECKPOINTS_HELP)
     evaluate_parser.add_argument(
         "--split",
         default="test",

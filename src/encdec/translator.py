@@ -15,6 +15,7 @@ from encdec.batching import Example, numericalize
 from encdec.checkpoint import load_checkpoint
 from encdec.config import Config, DecodingConfig, from_dict
 from encdec.devices import resolve_device
+from encdec.ensemble import Ensemble
 from encdec.errors import EncdecError
 from encdec.model import Seq2Seq, build_model
 from encdec.search import Hypothesis, decode_examples
@@ -55,6 +56,35 @@ def _replace_unknowns(
     ]
 
 
+def _model(state: dict, src_vocab_size: int, trg_vocab_size: int) -> Seq2Seq:
+    """The model a checkpoint holds, with its weights."""
+    model = build_model(from_dict(state["config"]).model, src_vocab_size, trg_vocab_size)
+    model.load_state_dict(state["model"])
+    return model
+
+
+# what must agree for several checkpoints to read the same source ids and write the same target
+ENSEMBLE_DATA_KEYS = ("src_lang", "trg_lang", "tokenizer", "subwords", "lowercase", "reverse_src")
+ENSEMBLE_STATE_KEYS = ("src_vocab", "trg_vocab", "src_subwords", "trg_subwords")
+
+
+def _check_same_data(first_path, first: dict, path, state: dict) -> None:
+    """An ensemble's checkpoints must prepare text the same way; else a clear error."""
+    for key in ENSEMBLE_DATA_KEYS:
+        if state["config"]["data"].get(key) != first["config"]["data"].get(key):
+            raise EncdecError(
+                f"{path} was trained with data.{key} = {state['config']['data'].get(key)!r}, "
+                f"{first_path} with {first['config']['data'].get(key)!r}: an ensemble's "
+                "checkpoints must share their data settings"
+            )
+    for key in ENSEMBLE_STATE_KEYS:
+        if state.get(key) != first.get(key):
+            raise EncdecError(
+                f"{path} has another {key.replace('_', ' ')} than {first_path}: an ensemble's "
+                "checkpoints must be trained on the same data with the same data settings"
+            )
+
+
 class Translator:
     """Everything needed to translate: the model, its config, vocabularies and tokenizers."""
 
@@ -71,24 +101,32 @@ class Translator:
         self.src_tokenizer, self.trg_tokenizer = tokenizer_pair(config.data, subwords)
 
     @classmethod
-    def load(cls, path: str | Path, int8: bool = False, device: str = "auto") -> Translator:
+    def load(
+        cls, path: str | Path | Sequence[str | Path], int8: bool = False, device: str = "auto"
+    ) -> Translator:
         """A translator from a checkpoint on `device` (auto, cpu, cuda, cuda:N).
 
-        `int8` quantizes it for faster translation on the CPU.
+        Several checkpoints make an ensemble: they must share their data settings and
+        vocabularies, and the first one's decoding settings apply. `int8` quantizes the models
+        for faster translation on the CPU.
         """
+        paths = [path] if isinstance(path, (str, Path)) else list(path)
         target = resolve_device("cpu" if int8 and device == "auto" else device)
         if int8 and target.type != "cpu":
             raise EncdecError(f"int8 translation runs on the CPU, not on {target}")
-        state = load_checkpoint(path)
-        config = from_dict(state["config"])
-        src_vocab, trg_vocab = Vocab(state["src_vocab"]), Vocab(state["trg_vocab"])
-        model = build_model(config.model, len(src_vocab), len(trg_vocab))
-        model.load_state_dict(state["model"])
+        states = [load_checkpoint(one_path) for one_path in paths]
+        for other_path, other in zip(paths[1:], states[1:]):
+            _check_same_data(paths[0], states[0], other_path, other)
+        first = states[0]
+        config = from_dict(first["config"])
+        src_vocab, trg_vocab = Vocab(first["src_vocab"]), Vocab(first["trg_vocab"])
+        models = [_model(state, len(src_vocab), len(trg_vocab)) for state in states]
+        models = [quantize_int8(model) if int8 else model.to(target) for model in models]
         subwords = tuple(
-            Subwords(state[key]) if state.get(key) else None
+            Subwords(first[key]) if first.get(key) else None
             for key in ("src_subwords", "trg_subwords")
         )
-        model = quantize_int8(model) if int8 else model.to(target)
+        model = models[0] if len(models) == 1 else Ensemble(models)
         return cls(model, config, src_vocab, trg_vocab, subwords)
 
     def translations(
