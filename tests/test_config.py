@@ -273,6 +273,7 @@ def test_every_key_of_every_recipe_counts(path):
         (["data.dataset=toy", "data.data_dir=multi30k"], "data.data_dir", "dataset: multi30k"),
         (["data.subword_vocab_size=4000"], "data.subword_vocab_size", "data.subwords: bpe"),
         (["data.long_pairs=truncate"], "data.long_pairs", "data.max_len"),
+        (["model.share_embeddings=true"], "model.share_embeddings", "data.joint_vocab: true"),
         (["training.lr_patience=0"], "training.lr_patience", "lr_schedule: plateau"),
         (["training.warmup_steps=100"], "training.warmup_steps", "lr_schedule: warmup_decay"),
     ],
@@ -287,3 +288,8 @@ def test_a_key_that_has_no_effect_is_an_error_naming_what_would_make_it_count(
 def test_a_key_set_beside_what_makes_it_count_is_accepted():
     overrides = ["data.dataset=files", "data.train_src=a.de", "training.lr_schedule=plateau"]
     check_every_key_counts(load_config(SEED_CONFIG, [*overrides, "training.lr_patience=0"]))
+
+
+def test_shared_embeddings_with_a_joint_vocabulary_are_accepted():
+    overrides = ["data.joint_vocab=true", "model.share_embeddings=true"]
+    check_every_key_counts(load_config(SEED_CONFIG, overrides))

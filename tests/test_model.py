@@ -9,7 +9,7 @@ from torch.ao.nn.quantized import dynamic as quantized_dynamic
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from encdec.batching import bucket_batches, collate
-from encdec.checkpoint import load_checkpoint, save_checkpoint
+from encdec.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from encdec.config import DataConfig, ModelConfig, from_dict
 from encdec.corpus import build_corpus
 from encdec.errors import EncdecError
@@ -463,3 +463,50 @@ def test_word_dropout_draws_nothing_when_off_and_changes_no_weights():
 def test_word_dropout_of_one_is_refused():
     with pytest.raises(EncdecError, match="model.word_dropout"):
         from_dict({"model": {"word_dropout": 1.0}})
+
+
+def test_shared_embeddings_are_one_parameter_counted_once():
+    sizes = {"embedding_dim": 32, "hidden_dim": 32, "dropout": 0.0}
+    separate = build_model(ModelConfig(**sizes), TRG_VOCAB, TRG_VOCAB)
+    shared = build_model(ModelConfig(**sizes, share_embeddings=True), TRG_VOCAB, TRG_VOCAB)
+    assert shared.encoder.embedding.weight is shared.decoder.embedding.weight
+    assert count_parameters(separate) - count_parameters(shared) == TRG_VOCAB * 32
+    assert shared.state_dict().keys() == separate.state_dict().keys()
+    three_way = build_model(
+        ModelConfig(**sizes, share_embeddings=True, tie_embeddings=True), TRG_VOCAB, TRG_VOCAB
+    )
+    assert three_way.decoder.fc_out.weight is three_way.encoder.embedding.weight
+    assert count_parameters(separate) - count_parameters(three_way) == 2 * TRG_VOCAB * 32
+
+
+def test_sharing_embeddings_of_different_vocabulary_sizes_is_refused():
+    with pytest.raises(
+        EncdecError, match=rf"model.share_embeddings.*{SRC_VOCAB} and {TRG_VOCAB}.*data.joint_vocab"
+    ):
+        build_model(ModelConfig(share_embeddings=True), SRC_VOCAB, TRG_VOCAB)
+
+
+def test_shared_embeddings_stay_shared_through_a_checkpoint_and_translate_the_same(tmp_path):
+    data = {"dataset": "toy", "src_lang": "en", "trg_lang": "es", "min_freq": 1}
+    sizes = {"embedding_dim": 32, "hidden_dim": 32, "dropout": 0.0}
+    config = from_dict(
+        {
+            "data": {**data, "joint_vocab": True},
+            "model": {**sizes, "share_embeddings": True, "tie_embeddings": True},
+        }
+    )
+    corpus = build_corpus(config.data)
+    torch.manual_seed(0)
+    model = sharpened(build_model(config.model, len(corpus.src_vocab), len(corpus.trg_vocab)), 5.0)
+    save_checkpoint(checkpoint_state(model, corpus, config), tmp_path / "shared.pt")
+    saved = load_checkpoint(tmp_path / "shared.pt")["model"]
+    assert torch.equal(saved["encoder.embedding.weight"], saved["decoder.embedding.weight"])
+    loaded = Translator.load(tmp_path / "shared.pt", device="cpu")
+    embedding = loaded.model.encoder.embedding.weight
+    assert embedding is loaded.model.decoder.embedding.weight is loaded.model.decoder.fc_out.weight
+    sentences = ["good morning", "thank you very much", "see you tomorrow", "let's go"]
+    expected = Translator(model, config, corpus.src_vocab, corpus.trg_vocab)
+    assert [(best.tokens, best.score) for best, *_ in loaded.translations(sentences, beam=3)] == [
+        (best.tokens, best.score) for best, *_ in expected.translations(sentences, beam=3)
+    ]
+    assert len({tuple(best.tokens) for best, *_ in expected.translations(sentences)}) > 1

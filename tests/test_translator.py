@@ -137,6 +137,22 @@ def test_subword_model_translates_from_its_checkpoint_alone(tmp_path):
     assert translator.trg_tokenizer.to_words(best.tokens) == ["vamos"]
 
 
+def test_joint_subwords_and_shared_embeddings_translate_from_their_checkpoint(tmp_path):
+    raw = copy.deepcopy(DEMO_CONFIG)
+    raw["data"] |= {"subwords": "bpe", "subword_vocab_size": 150, "joint_vocab": True}
+    # tying the output layer too needs embedding_dim == hidden_dim (128)
+    raw["model"] |= {"embedding_dim": 128, "share_embeddings": True, "tie_embeddings": True}
+    train(from_dict(raw), tmp_path, quiet=True)
+    state = load_checkpoint(tmp_path / "best.pt")
+    assert state["src_subwords"] == state["trg_subwords"]
+    assert state["src_vocab"] == state["trg_vocab"]
+    translator = Translator.load(tmp_path / "best.pt", device="cpu")
+    embedding = translator.model.encoder.embedding.weight
+    assert embedding is translator.model.decoder.embedding.weight
+    assert embedding is translator.model.decoder.fc_out.weight
+    assert translator.translate(["let's go", "good morning"]) == ["vamos", "buenos días"]
+
+
 def test_beam_is_short_for_beam_size(translator):
     assert translator.translate(["let's go"], beam=3) == ["vamos"]
     ((best, second),) = translator.translations(["let's go"], n_best=2, beam=2)

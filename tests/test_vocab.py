@@ -183,6 +183,40 @@ def test_min_freq_above_every_count_names_the_side_and_min_freq(tmp_path, lines,
         build_corpus(tsv_config(tmp_path, lines, min_freq=3))
 
 
+# "the" only in sources, "el" only in targets, "radio" once on each side, the rest once in all
+JOINT_LINES = ["the dog\tel perro", "the cat\tel gato", "radio on\tla casa", "a house\tuna radio"]
+
+
+def test_joint_vocab_holds_both_sides_words_counting_them_together(tmp_path):
+    separate = build_corpus(tsv_config(tmp_path, JOINT_LINES, min_freq=2))
+    assert "radio" not in separate.src_vocab.stoi and "radio" not in separate.trg_vocab.stoi
+    joint = build_corpus(tsv_config(tmp_path, JOINT_LINES, min_freq=2, joint_vocab=True))
+    assert joint.src_vocab == joint.trg_vocab
+    assert joint.src_vocab.itos[len(SPECIALS) :] == ["el", "radio", "the"]
+    _, trg_ids = joint.examples["train"][3]
+    assert joint.trg_vocab.decode(trg_ids) == [UNK, "radio"]  # "una radio"
+
+
+def test_joint_vocab_of_only_specials_is_named_joint(tmp_path):
+    lines = ["a dog\tun perro", "the cat\tel gato"]
+    with pytest.raises(EncdecError, match=r"joint vocabulary.*min_freq=2.*most frequent occurs 1"):
+        build_corpus(tsv_config(tmp_path, lines, min_freq=2, joint_vocab=True))
+
+
+def test_joint_subwords_split_a_word_the_same_on_either_side(tmp_path):
+    lines = ["walking dogs\tperros caminando", "the dog walks\tel perro camina"] * 3
+    config = tsv_config(
+        tmp_path, lines, min_freq=1, subwords="bpe", subword_vocab_size=40, joint_vocab=True
+    )
+    corpus = build_corpus(config)
+    words = ["walking", "caminando", "perros", "dogs"]  # source words and target words
+    src_pieces = corpus.src_tokenizer.tokenize_many([" ".join(words)])
+    assert src_pieces == corpus.trg_tokenizer.tokenize_many([" ".join(words)])
+    assert corpus.src_tokenizer.to_words(src_pieces[0]) == words
+    assert all(piece in corpus.src_vocab.stoi for piece in src_pieces[0])  # no <unk> piece
+    assert corpus.src_vocab == corpus.trg_vocab
+
+
 @pytest.mark.parametrize("side", ["source", "target"])
 def test_empty_training_side_names_the_side(tmp_path, side):
     lines = ["\tun perro", " \tun gato"] if side == "source" else ["a dog\t", "a cat\t  "]

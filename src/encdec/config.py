@@ -32,6 +32,7 @@ class DataConfig:
     tokenizer: str = "spacy"  # spacy | char
     subwords: str = "none"  # none | bpe | unigram: split words into pieces learnt on train
     subword_vocab_size: int = 8000  # most pieces per side's subword model
+    joint_vocab: bool = False  # one vocabulary (and subword model) learnt on both sides
     lowercase: bool = True
     reverse_src: bool = True  # Sutskever et al. (2014): feed the source backwards
     min_freq: int = 2
@@ -51,6 +52,7 @@ class ModelConfig:
     input_feeding: bool = False  # feed the last attentional vector into the next decoder step
     context_every_step: bool = False  # without attention: the context vector feeds every step
     tie_embeddings: bool = False  # output layer shares the target embedding's weights
+    share_embeddings: bool = False  # decoder's target embedding is the encoder's (joint vocab)
     word_dropout: float = 0.0  # training: each word becomes <unk> with this probability
 
 
@@ -246,6 +248,10 @@ COUNTS_ONLY_WITH = {
         lambda config: config.data.subwords != "none",
     ),
     ("data", "long_pairs"): ("data.max_len", lambda config: config.data.max_len is not None),
+    ("model", "share_embeddings"): (
+        "data.joint_vocab: true",
+        lambda config: config.data.joint_vocab,
+    ),
     ("training", "lr_decay_factor"): PLATEAU_KEY,
     ("training", "lr_patience"): PLATEAU_KEY,
     ("training", "min_lr"): PLATEAU_KEY,

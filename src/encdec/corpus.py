@@ -109,18 +109,35 @@ def _select_training(
     return [pairs[i] for i in kept], [tokens[i] for i in kept], skipped, truncated
 
 
+def _sides(token_pairs: list[TokenPair]) -> tuple[list[list[str]], list[list[str]]]:
+    """The source token lists and the target token lists, each in the pairs' order."""
+    return [src for src, _ in token_pairs], [trg for _, trg in token_pairs]
+
+
 def _build_vocab(token_lists: list[list[str]], min_freq: int, side: str) -> Vocab:
-    """A side's vocabulary; an error if every token in it would be <unk>."""
+    """The `side` vocabulary (source, target or joint); an error if every token would be <unk>."""
     vocab = Vocab.build(token_lists, min_freq)
     if len(vocab) == len(SPECIALS):
         counts = Counter(token for tokens in token_lists for token in tokens)
         most = max(counts.values(), default=0)
         raise EncdecError(
-            f"the {side} vocabulary would hold only specials, so every {side} word would be "
-            f"<unk>: no {side} token of the training split occurs data.min_freq={min_freq} "
-            f"times (the most frequent occurs {most}); lower data.min_freq or add training data"
+            f"the {side} vocabulary would hold only specials, so every word would be <unk>: no "
+            f"token it is built from occurs data.min_freq={min_freq} times in the training split "
+            f"(the most frequent occurs {most}); lower data.min_freq or add training data"
         )
     return vocab
+
+
+def _build_vocabs(train_tokens: list[TokenPair], config: DataConfig) -> tuple[Vocab, Vocab]:
+    """Source and target vocabularies of the training split: with data.joint_vocab, one for both."""
+    sources, targets = _sides(train_tokens)
+    if config.joint_vocab:  # min_freq counts a token's uses on both sides together
+        joint = _build_vocab(sources + targets, config.min_freq, "joint")
+        return joint, joint
+    return (
+        _build_vocab(sources, config.min_freq, "source"),
+        _build_vocab(targets, config.min_freq, "target"),
+    )
 
 
 def build_corpus(config: DataConfig) -> Corpus:
@@ -150,8 +167,7 @@ def build_corpus(config: DataConfig) -> Corpus:
             )
             for split, token_pairs in tokens.items()
         }
-    src_vocab = _build_vocab([s for s, _ in tokens["train"]], config.min_freq, "source")
-    trg_vocab = _build_vocab([t for _, t in tokens["train"]], config.min_freq, "target")
+    src_vocab, trg_vocab = _build_vocabs(tokens["train"], config)
     examples = {
         split: [
             numericalize(s, t, src_vocab, trg_vocab, config.reverse_src) for s, t in token_pairs
@@ -164,14 +180,17 @@ def build_corpus(config: DataConfig) -> Corpus:
 
 
 def _learn_subwords(
-    config: DataConfig, train_words: list[tuple[list[str], list[str]]]
+    config: DataConfig, train_words: list[TokenPair]
 ) -> tuple[Subwords | None, Subwords | None]:
-    """Source and target subword models learnt on the training split (None, None without)."""
+    """Source and target subword models learnt on the training split (None, None without);
+    with data.joint_vocab, one model learnt on both sides serves both."""
     if config.subwords == "none":
         return None, None
+    sources, targets = _sides(train_words)
+    if config.joint_vocab:
+        joint = Subwords.learn(sources + targets, config.subwords, config.subword_vocab_size)
+        return joint, joint
     return tuple(
-        Subwords.learn(
-            (pair[side] for pair in train_words), config.subwords, config.subword_vocab_size
-        )
-        for side in (0, 1)
+        Subwords.learn(words, config.subwords, config.subword_vocab_size)
+        for words in (sources, targets)
     )

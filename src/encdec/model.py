@@ -327,6 +327,8 @@ def build_model(config: ModelConfig, src_vocab_size: int, trg_vocab_size: int) -
     model = Seq2Seq(encoder, decoder)
     for parameter in model.parameters():
         nn.init.uniform_(parameter, -0.08, 0.08)
+    if config.share_embeddings:
+        _share_source_embedding(encoder, decoder)
     if config.tie_embeddings:
         _tie_output_to_embedding(decoder)
     return model
@@ -340,6 +342,17 @@ def _tie_output_to_embedding(decoder: Decoder) -> None:
             f"({decoder.embedding.embedding_dim} != {decoder.fc_out.in_features})"
         )
     decoder.fc_out.weight = decoder.embedding.weight
+
+
+def _share_source_embedding(encoder: Encoder, decoder: Decoder) -> None:
+    """The decoder reads target words through the encoder's embedding: one matrix for both."""
+    src_vocab_size, trg_vocab_size = encoder.embedding.num_embeddings, decoder.vocab_size
+    if src_vocab_size != trg_vocab_size:
+        raise EncdecError(
+            "model.share_embeddings needs one vocabulary for source and target, got sizes "
+            f"{src_vocab_size} and {trg_vocab_size}: set data.joint_vocab: true"
+        )
+    decoder.embedding.weight = encoder.embedding.weight
 
 
 def count_parameters(model: nn.Module) -> int:
