@@ -231,3 +231,12 @@ def test_averaging_run_folders_averages_their_best_pt(tmp_path):
     averaged = checkpoint.average_checkpoints([tmp_path / "run1", tmp_path / "run2"])
     expected = (make_state(1)["model"]["rnn.bias"] + make_state(2)["model"]["rnn.bias"]) / 2
     torch.testing.assert_close(averaged["model"]["rnn.bias"], expected)
+
+
+def test_averaging_checkpoints_of_other_vocabularies_is_an_error_naming_the_file(tmp_path):
+    other = make_state(seed=2)
+    other["trg_vocab"] = [*other["trg_vocab"][:4], "cat"]
+    save_checkpoint(make_state(seed=1), tmp_path / "dog.pt")
+    save_checkpoint(other, tmp_path / "cat.pt")
+    with pytest.raises(EncdecError, match="cat.pt has another trg vocab .*: cannot average"):
+        checkpoint.average_checkpoints([tmp_path / "dog.pt", tmp_path / "cat.pt"])

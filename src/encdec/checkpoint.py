@@ -155,6 +155,30 @@ def restore_rng_states(states: dict, data_order: random.Random) -> None:
     data_order.setstate(states["data_order"])
 
 
+# what must agree for checkpoints to read the same source ids and write the same target text
+TEXT_SETTINGS = ("src_lang", "trg_lang", "tokenizer", "subwords", "lowercase", "reverse_src")
+TEXT_STATE_KEYS = ("src_vocab", "trg_vocab", "src_subwords", "trg_subwords")
+
+
+def check_same_text(first_path, first: dict, path, state: dict, refusal: str) -> None:
+    """Two checkpoints must prepare text alike (data settings, vocabularies, subword models).
+
+    A difference is an error naming both files and the key, ending with `refusal`.
+    """
+    first_data, data = first["config"].get("data", {}), state["config"].get("data", {})
+    for key in TEXT_SETTINGS:
+        if data.get(key) != first_data.get(key):
+            raise EncdecError(
+                f"{path} was trained with data.{key} = {data.get(key)!r}, {first_path} with "
+                f"{first_data.get(key)!r}: {refusal}"
+            )
+    for key in TEXT_STATE_KEYS:
+        if state.get(key) != first.get(key):
+            raise EncdecError(
+                f"{path} has another {key.replace('_', ' ')} than {first_path}: {refusal}"
+            )
+
+
 def average_checkpoints(paths: list[str | Path]) -> dict:
     """One checkpoint whose weights are the mean of those of `paths` (same model and vocabularies).
 
@@ -167,9 +191,7 @@ def average_checkpoints(paths: list[str | Path]) -> dict:
     total = {name: tensor.double() for name, tensor in first["model"].items()}
     for path in paths[1:]:
         state = load_checkpoint(path)
-        for key in ("src_vocab", "trg_vocab"):
-            if state[key] != first[key]:
-                raise EncdecError(f"{path} has another {key} than {paths[0]}: cannot average")
+        check_same_text(paths[0], first, path, state, "cannot average")
         if state["config"]["model"] != first["config"]["model"]:
             raise EncdecError(f"{path} has another model config than {paths[0]}: cannot average")
         for name, tensor in state["model"].items():

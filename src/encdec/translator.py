@@ -12,7 +12,7 @@ from torch import nn
 
 from encdec import evaluation
 from encdec.batching import Example, numericalize
-from encdec.checkpoint import load_checkpoint
+from encdec.checkpoint import check_same_text, load_checkpoint
 from encdec.config import Config, DecodingConfig, from_dict
 from encdec.devices import resolve_device
 from encdec.ensemble import Ensemble
@@ -56,33 +56,14 @@ def _replace_unknowns(
     ]
 
 
+ENSEMBLE_REFUSAL = "an ensemble's checkpoints must be trained with the same data settings"
+
+
 def _model(state: dict, src_vocab_size: int, trg_vocab_size: int) -> Seq2Seq:
     """The model a checkpoint holds, with its weights."""
     model = build_model(from_dict(state["config"]).model, src_vocab_size, trg_vocab_size)
     model.load_state_dict(state["model"])
     return model
-
-
-# what must agree for several checkpoints to read the same source ids and write the same target
-ENSEMBLE_DATA_KEYS = ("src_lang", "trg_lang", "tokenizer", "subwords", "lowercase", "reverse_src")
-ENSEMBLE_STATE_KEYS = ("src_vocab", "trg_vocab", "src_subwords", "trg_subwords")
-
-
-def _check_same_data(first_path, first: dict, path, state: dict) -> None:
-    """An ensemble's checkpoints must prepare text the same way; else a clear error."""
-    for key in ENSEMBLE_DATA_KEYS:
-        if state["config"]["data"].get(key) != first["config"]["data"].get(key):
-            raise EncdecError(
-                f"{path} was trained with data.{key} = {state['config']['data'].get(key)!r}, "
-                f"{first_path} with {first['config']['data'].get(key)!r}: an ensemble's "
-                "checkpoints must share their data settings"
-            )
-    for key in ENSEMBLE_STATE_KEYS:
-        if state.get(key) != first.get(key):
-            raise EncdecError(
-                f"{path} has another {key.replace('_', ' ')} than {first_path}: an ensemble's "
-                "checkpoints must be trained on the same data with the same data settings"
-            )
 
 
 class Translator:
@@ -116,7 +97,7 @@ class Translator:
             raise EncdecError(f"int8 translation runs on the CPU, not on {target}")
         states = [load_checkpoint(one_path) for one_path in paths]
         for other_path, other in zip(paths[1:], states[1:]):
-            _check_same_data(paths[0], states[0], other_path, other)
+            check_same_text(paths[0], states[0], other_path, other, ENSEMBLE_REFUSAL)
         first = states[0]
         config = from_dict(first["config"])
         src_vocab, trg_vocab = Vocab(first["src_vocab"]), Vocab(first["trg_vocab"])
