@@ -37,10 +37,11 @@ class Server:
 
 @contextlib.contextmanager
 def serving(
-    checkpoint: Path, log: Path, *options: str, env: dict | None = None
+    checkpoint: Path | list[Path], log: Path, *options: str, env: dict | None = None
 ) -> Iterator[Server]:
-    """`encdec serve CHECKPOINT --port 0 --device cpu OPTIONS`, stopped when the block ends."""
-    command = [sys.executable, "-m", "encdec", "serve", str(checkpoint), "--port", "0"]
+    """`encdec serve CHECKPOINT... --port 0 --device cpu OPTIONS`, stopped when the block ends."""
+    checkpoints = checkpoint if isinstance(checkpoint, list) else [checkpoint]
+    command = [sys.executable, "-m", "encdec", "serve", *map(str, checkpoints), "--port", "0"]
     command += ["--device", "cpu", *options]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     with open(log, "w") as log_file:

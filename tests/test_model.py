@@ -418,8 +418,10 @@ def test_an_old_checkpoint_translates_the_same_and_quantizes_to_int8(demo_checkp
 
 def test_int8_translates_the_demo_phrases_like_float(demo_checkpoint):
     sentences = ["good morning", "thank you very much", "see you tomorrow", "let's go"]
-    float_translations = Translator.load(demo_checkpoint, device="cpu").translate(sentences)
-    assert Translator.load(demo_checkpoint, int8=True).translate(sentences) == float_translations
+    float_translator = Translator.load(demo_checkpoint, device="cpu")
+    int8_translator = Translator.load(demo_checkpoint, int8=True)
+    assert int8_translator.translate(sentences) == float_translator.translate(sentences)
+    assert int8_translator.parameter_count == float_translator.parameter_count
 
 
 def test_word_dropout_turns_words_into_unk_in_training_only():

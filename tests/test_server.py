@@ -49,11 +49,14 @@ def client(demo_server):
         yield http
 
 
-def encdec_translate(checkpoint: Path, sentences: list[str], tmp_path: Path, *options) -> list:
-    """What `encdec translate CHECKPOINT --device cpu OPTIONS` writes for `sentences`."""
+def encdec_translate(
+    checkpoint: Path | list[Path], sentences: list[str], tmp_path: Path, *options
+) -> list:
+    """What `encdec translate CHECKPOINT... --device cpu OPTIONS` writes for `sentences`."""
     source, output = tmp_path / "source.txt", tmp_path / "output.txt"
     source.write_text("".join(sentence + "\n" for sentence in sentences))
-    argv = ["translate", str(checkpoint), "--input", str(source), "--output", str(output)]
+    checkpoints = checkpoint if isinstance(checkpoint, list) else [checkpoint]
+    argv = ["translate", *map(str, checkpoints), "--input", str(source), "--output", str(output)]
     assert main([*argv, "--device", "cpu", "--quiet", *options]) == 0
     return output.read_text().splitlines()
 
@@ -97,6 +100,7 @@ def test_info_describes_the_model(client, demo_checkpoint):
     translator = Translator.load(demo_checkpoint, device="cpu")
     assert (info["source_language"], info["target_language"]) == ("en", "es")
     assert info["parameters"] == sum(p.numel() for p in translator.model.parameters())
+    assert info["models"] == 1
     assert info["source_vocabulary"] == len(translator.src_vocab)
     assert info["target_vocabulary"] == len(translator.trg_vocab)
     assert info["attention"] is False
@@ -335,6 +339,23 @@ def test_attention_comes_back_when_asked_for(attention_server):
     assert all("attention" not in t for t in without["translations"])
     info = httpx.get(f"{attention_server.url}/info").json()
     assert info["attention"] is True and info["attention_kind"] == "general"
+
+
+def test_an_ensemble_serves_what_encdec_translate_gives_for_it(
+    demo_checkpoint, tmp_path_factory, tmp_path
+):
+    members = [demo_checkpoint, attention_checkpoint(tmp_path_factory)]  # one without attention
+    with serving(members, tmp_path / "serve.log") as server:
+        body = {"text": SENTENCES, "beam_size": 3, "attention": True}
+        translations = httpx.post(f"{server.url}/translate", json=body, timeout=120).json()
+        info = httpx.get(f"{server.url}/info").json()
+    served = [t["text"] for t in translations["translations"]]
+    assert served == encdec_translate(members, SENTENCES, tmp_path, "--beam", "3")
+    alone = [Translator.load(member, device="cpu") for member in members]
+    assert info["models"] == 2
+    assert info["parameters"] == sum(translator.parameter_count for translator in alone)
+    rows = translations["translations"][0]["attention"]  # the attending member's
+    assert abs(sum(rows[0]) - 1) < 1e-2
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits_0(demo_checkpoint, tmp_path):

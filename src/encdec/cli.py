@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     average_parser.add_argument("--output", required=True, help="the averaged checkpoint to write")
     _add_plot_parser(verb)
-    add_serve_parser(verb)
+    add_serve_parser(verb, CHECKPOINTS_HELP)
     return parser
 
 

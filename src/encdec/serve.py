@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from encdec.devices import DEVICE_HELP
 from encdec.errors import EncdecError
 
-HELP = "a JSON API and a web page that translate with a checkpoint (docs/serving.md)"
+HELP = "a JSON API and a web page that translate with a checkpoint or an ensemble (docs/serving.md)"
 
 
 def _positive_int(text: str) -> int:
@@ -39,10 +39,10 @@ class Limits:
     max_beam_size: int = 10
 
 
-def add_serve_parser(verb) -> None:
+def add_serve_parser(verb, checkpoints_help: str) -> None:
     """The `serve` verb and its options (`verb` is cli.build_parser's sub-parser maker)."""
     parser = verb("serve", HELP, serve)
-    parser.add_argument("checkpoint", help="a best.pt, or the run folder holding it")
+    parser.add_argument("checkpoint", nargs="+", help=checkpoints_help)
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)"
     )
@@ -110,7 +110,7 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 
 def serve(args: argparse.Namespace) -> None:
-    """Load the checkpoint, then answer HTTP requests until stopped."""
+    """Load the checkpoints, then answer HTTP requests until stopped."""
     from encdec.server import create_app, run
     from encdec.translator import Translator
 

@@ -29,8 +29,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from encdec.data import split_lines
+from encdec.ensemble import Ensemble
 from encdec.errors import EncdecError
-from encdec.model import build_model
 from encdec.serve import Limits
 from encdec.serve_queue import BatchingQueue
 from encdec.translator import Translation, Translator
@@ -178,21 +178,20 @@ def answer(translations: list[Translation], with_attention: bool) -> dict:
 
 
 def model_info(translator: Translator) -> dict:
-    """What GET /info says about the model; the parameters are counted without memory."""
-    config = translator.config
-    with torch.device("meta"):
-        model = build_model(config.model, len(translator.src_vocab), len(translator.trg_vocab))
+    """What GET /info says about the model; an ensemble counts all its members' parameters."""
+    config, model = translator.config, translator.model
     return {
         "encdec_version": version("encdec"),
         "source_language": config.data.src_lang,
         "target_language": config.data.trg_lang,
-        "parameters": sum(parameter.numel() for parameter in model.parameters()),
+        "models": len(model.members) if isinstance(model, Ensemble) else 1,
+        "parameters": translator.parameter_count,
         "source_vocabulary": len(translator.src_vocab),
         "target_vocabulary": len(translator.trg_vocab),
         "cell": config.model.cell,
         "attention": config.model.attention != "none",
         "attention_kind": config.model.attention,
-        "device": str(next(translator.model.parameters(), torch.empty(0)).device),
+        "device": str(next(model.parameters(), torch.empty(0)).device),
         "decoding": dataclasses.asdict(config.decoding),
     }
 

@@ -76,8 +76,12 @@ class Translator:
         src_vocab: Vocab,
         trg_vocab: Vocab,
         subwords: tuple[Subwords | None, Subwords | None] = (None, None),
+        int8: bool = False,
     ):
-        self.model, self.config = model.eval(), config
+        # counted before int8 quantization packs the recurrent and linear weights away
+        self.parameter_count = sum(parameter.numel() for parameter in model.parameters())
+        self.model = quantize_int8(model) if int8 else model.eval()
+        self.config = config
         self.src_vocab, self.trg_vocab = src_vocab, trg_vocab
         self.src_tokenizer, self.trg_tokenizer = tokenizer_pair(config.data, subwords)
 
@@ -101,14 +105,13 @@ class Translator:
         first = states[0]
         config = from_dict(first["config"])
         src_vocab, trg_vocab = Vocab(first["src_vocab"]), Vocab(first["trg_vocab"])
-        models = [_model(state, len(src_vocab), len(trg_vocab)) for state in states]
-        models = [quantize_int8(model) if int8 else model.to(target) for model in models]
+        models = [_model(state, len(src_vocab), len(trg_vocab)).to(target) for state in states]
         subwords = tuple(
             Subwords(first[key]) if first.get(key) else None
             for key in ("src_subwords", "trg_subwords")
         )
         model = models[0] if len(models) == 1 else Ensemble(models)
-        return cls(model, config, src_vocab, trg_vocab, subwords)
+        return cls(model, config, src_vocab, trg_vocab, subwords, int8)
 
     def translations(
         self,
