@@ -44,11 +44,15 @@ def test_numericalize_reverses_source_only_when_asked():
     assert backward != forward
 
 
-def test_numericalize_never_reverses_target():
+def test_numericalize_reverses_the_target_only_for_reverse_trg():
     trg_tokens = ["a", "dog", "runs"]
     _, forward = numericalize(["ein"], trg_tokens, SRC_VOCAB, TRG_VOCAB, reverse_src=False)
-    _, backward = numericalize(["ein"], trg_tokens, SRC_VOCAB, TRG_VOCAB, reverse_src=True)
-    assert forward == backward == [2, *TRG_VOCAB.encode(trg_tokens), 3]
+    _, also_forward = numericalize(["ein"], trg_tokens, SRC_VOCAB, TRG_VOCAB, reverse_src=True)
+    assert forward == also_forward == [2, *TRG_VOCAB.encode(trg_tokens), 3]
+    src, backward = numericalize(["ein"], trg_tokens, SRC_VOCAB, TRG_VOCAB, False, True)
+    assert backward == [2, *TRG_VOCAB.encode(trg_tokens[::-1]), 3]
+    assert src == [2, SRC_VOCAB.stoi["ein"], 3]
+    assert trg_tokens == ["a", "dog", "runs"]  # the caller's list is left as it was
 
 
 def test_numericalize_does_not_change_the_callers_tokens():

@@ -124,6 +124,7 @@ def test_translate_and_evaluate_take_several_checkpoints(
     [
         (lambda state: state["trg_vocab"].reverse(), "trg vocab"),
         (lambda state: state["config"]["data"].update(reverse_src=False), "data.reverse_src"),
+        (lambda state: state["config"]["data"].update(reverse_trg=True), "data.reverse_trg"),
     ],
 )
 def test_checkpoints_that_read_text_differently_make_no_ensemble(
@@ -132,3 +133,13 @@ def test_checkpoints_that_read_text_differently_make_no_ensemble(
     other = changed_copy(demo_checkpoint, tmp_path, change)
     with pytest.raises(EncdecError, match=f"{other}.*{named}|{named}.*{demo_checkpoint}"):
         Translator.load([demo_checkpoint, other], device="cpu")
+
+
+def test_a_checkpoint_from_before_a_data_setting_counts_as_its_default(demo_checkpoint, tmp_path):
+    older = changed_copy(
+        demo_checkpoint, tmp_path, lambda state: state["config"]["data"].pop("reverse_trg")
+    )
+    ensemble = Translator.load([demo_checkpoint, older], device="cpu")
+    assert ensemble.translate(SENTENCES) == Translator.load(
+        demo_checkpoint, device="cpu"
+    ).translate(SENTENCES)

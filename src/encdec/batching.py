@@ -20,10 +20,13 @@ def numericalize(
     src_vocab: Vocab,
     trg_vocab: Vocab,
     reverse_src: bool,
+    reverse_trg: bool = False,
 ) -> Example:
-    """Token lists -> id lists; the source is optionally reversed, both get <sos> and <eos>."""
+    """Token lists -> id lists; either side optionally reversed; both get <sos> and <eos>."""
     if reverse_src:
         src_tokens = src_tokens[::-1]
+    if reverse_trg:
+        trg_tokens = trg_tokens[::-1]
     src = [src_vocab.sos_idx, *src_vocab.encode(src_tokens), src_vocab.eos_idx]
     trg = [trg_vocab.sos_idx, *trg_vocab.encode(trg_tokens), trg_vocab.eos_idx]
     return src, trg

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 import torch
 
+from encdec.config import Config, DataConfig
 from encdec.errors import EncdecError
 
 if TYPE_CHECKING:
-    from encdec.config import Config
     from encdec.corpus import Corpus
     from encdec.model import Seq2Seq
     from encdec.tokenize import Tokenizer
@@ -155,22 +155,30 @@ def restore_rng_states(states: dict, data_order: random.Random) -> None:
     data_order.setstate(states["data_order"])
 
 
-# what must agree for checkpoints to read the same source ids and write the same target text
-TEXT_SETTINGS = ("src_lang", "trg_lang", "tokenizer", "subwords", "lowercase", "reverse_src")
+# what must agree for checkpoints to tokenize alike, into the same vocabularies ...
+TOKEN_SETTINGS = ("src_lang", "trg_lang", "tokenizer", "subwords", "lowercase")
 TEXT_STATE_KEYS = ("src_vocab", "trg_vocab", "src_subwords", "trg_subwords")
+# ... and, for an ensemble or an average, to read the source and write the target in one order
+TEXT_SETTINGS = (*TOKEN_SETTINGS, "reverse_src", "reverse_trg")
 
 
-def check_same_text(first_path, first: dict, path, state: dict, refusal: str) -> None:
-    """Two checkpoints must prepare text alike (data settings, vocabularies, subword models).
+def check_same_text(
+    first_path, first: dict, path, state: dict, refusal: str, settings=TEXT_SETTINGS
+) -> None:
+    """Two checkpoints must prepare text alike (data `settings`, vocabularies, subword models).
 
-    A difference is an error naming both files and the key, ending with `refusal`.
+    A difference is an error naming both files and the key, ending with `refusal`. A setting
+    that a checkpoint older than it lacks counts as its default.
     """
+    defaults = DataConfig()
     first_data, data = first["config"].get("data", {}), state["config"].get("data", {})
-    for key in TEXT_SETTINGS:
-        if data.get(key) != first_data.get(key):
+    for key in settings:
+        value = data.get(key, getattr(defaults, key))
+        first_value = first_data.get(key, getattr(defaults, key))
+        if value != first_value:
             raise EncdecError(
-                f"{path} was trained with data.{key} = {data.get(key)!r}, {first_path} with "
-                f"{first_data.get(key)!r}: {refusal}"
+                f"{path} was trained with data.{key} = {value!r}, {first_path} with "
+                f"{first_value!r}: {refusal}"
             )
     for key in TEXT_STATE_KEYS:
         if state.get(key) != first.get(key):

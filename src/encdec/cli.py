@@ -168,7 +168,9 @@ def _translated_text(args: argparse.Namespace) -> str:
     """The translations of --input (or stdin), one line each."""
     from encdec.translator import Translator
 
-    translator = Translator.load(args.checkpoint, int8=args.int8, device=args.device)
+    translator = Translator.load(
+        args.checkpoint, args.int8, args.device, args.rescore, args.rescore_weight
+    )
     if args.input:
         source = data.read_lines(args.input)
     else:  # bytes, decoded here, so that text that is not UTF-8 gets a clear error
@@ -210,13 +212,32 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace each <unk> by the source word attended to most (attention models)",
     )
+    parser.add_argument(
+        "--rescore",
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="rerank each beam with these checkpoints too, e.g. a model trained with "
+        "data.reverse_trg (several: an ensemble); same tokenization and vocabularies",
+    )
+    parser.add_argument(
+        "--rescore-weight",
+        type=float,
+        default=0.5,
+        metavar="W",
+        help="rank by (1 - W) * the model's + W * the rescorer's log-probability (default: 0.5)",
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from encdec.corpus import read_splits
     from encdec.translator import Translator
 
-    translator = Translator.load(args.checkpoint, device=args.device)
+    translator = Translator.load(
+        args.checkpoint,
+        device=args.device,
+        rescore_with=args.rescore,
+        rescore_weight=args.rescore_weight,
+    )
     if args.src and args.ref:
         pairs = data.read_parallel(args.src, args.ref)
     else:

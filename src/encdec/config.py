@@ -35,6 +35,7 @@ class DataConfig:
     joint_vocab: bool = False  # one vocabulary (and subword model) learnt on both sides
     lowercase: bool = True
     reverse_src: bool = True  # Sutskever et al. (2014): feed the source backwards
+    reverse_trg: bool = False  # write the target right to left (a rescorer for n-best lists)
     min_freq: int = 2
     max_len: int | None = None  # longest sentence in tokens kept for training; None keeps all
     long_pairs: str = "drop"  # drop | truncate: what max_len does to a longer training pair

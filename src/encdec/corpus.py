@@ -170,7 +170,8 @@ def build_corpus(config: DataConfig) -> Corpus:
     src_vocab, trg_vocab = _build_vocabs(tokens["train"], config)
     examples = {
         split: [
-            numericalize(s, t, src_vocab, trg_vocab, config.reverse_src) for s, t in token_pairs
+            numericalize(s, t, src_vocab, trg_vocab, config.reverse_src, config.reverse_trg)
+            for s, t in token_pairs
         ]
         for split, token_pairs in tokens.items()
     }

@@ -47,6 +47,26 @@ def corpus_loss(
     return loss_sum.item() / n_tokens
 
 
+@torch.no_grad()
+def target_log_probs(
+    model: Seq2Seq, examples: Sequence[Example], pad_idx: int, batch_size: int
+) -> list[float]:
+    """Each example's log-probability of its target, <eos> included, reading the true prefix."""
+    model.eval()
+    device = next(model.parameters()).device
+    scores = [0.0] * len(examples)
+    for indices in evaluation_batches(examples, batch_size):
+        batch = collate(examples, indices, pad_idx)
+        trg = batch.trg.to(device)  # (T, B)
+        logits = model(batch.src.to(device), batch.src_lengths, trg, teacher_forcing_ratio=1.0)
+        # the prediction at step t is of trg[t + 1]: (T-1, B, V) -> (T-1, B) -> (B,)
+        log_probs = torch.log_softmax(logits.float(), -1).gather(-1, trg[1:].unsqueeze(-1))
+        log_probs = log_probs.squeeze(-1).masked_fill(trg[1:] == pad_idx, 0.0).sum(0)
+        for index, score in zip(indices, log_probs.tolist()):
+            scores[index] = score
+    return scores
+
+
 def evaluate(
     translator: Translator,
     pairs: Sequence[tuple[str, str]],

@@ -12,12 +12,13 @@ from torch import nn
 
 from encdec import evaluation
 from encdec.batching import Example, numericalize
-from encdec.checkpoint import check_same_text, load_checkpoint
+from encdec.checkpoint import TOKEN_SETTINGS, check_same_text, load_checkpoint
 from encdec.config import Config, DecodingConfig, from_dict
 from encdec.devices import resolve_device
 from encdec.ensemble import Ensemble
 from encdec.errors import EncdecError
 from encdec.model import Seq2Seq, build_model
+from encdec.rescoring import check_weight, rescore
 from encdec.search import Hypothesis, decode_examples
 from encdec.tokenize import Subwords, tokenizer_pair
 from encdec.vocab import EOS, SOS, UNK, Vocab
@@ -38,7 +39,7 @@ class Translation:
 
     text: str  # detokenized
     tokens: list[str]  # target tokens, specials stripped
-    score: float  # the model's log-probability of the tokens and <eos>
+    score: float  # the model's log-probability of the tokens and <eos> (mixed, with a rescorer)
     source_tokens: list[str]  # the source as the model read it, <sos> and <eos> included
     attention: torch.Tensor | None  # (len(tokens), len(source_tokens)) or None without attention
 
@@ -57,6 +58,11 @@ def _replace_unknowns(
 
 
 ENSEMBLE_REFUSAL = "an ensemble's checkpoints must be trained with the same data settings"
+RESCORER_REFUSAL = "a rescorer must tokenize alike and share both vocabularies"
+
+
+def _as_list(paths: str | Path | Sequence[str | Path]) -> list[str | Path]:
+    return [paths] if isinstance(paths, (str, Path)) else list(paths)
 
 
 def _model(state: dict, src_vocab_size: int, trg_vocab_size: int) -> Seq2Seq:
@@ -84,22 +90,55 @@ class Translator:
         self.config = config
         self.src_vocab, self.trg_vocab = src_vocab, trg_vocab
         self.src_tokenizer, self.trg_tokenizer = tokenizer_pair(config.data, subwords)
+        self.rescorer: Translator | None = None  # a second model that reranks the beam
+        self.rescore_weight = 0.5
+
+    def rescore_with(self, rescorer: Translator, weight: float = 0.5) -> Translator:
+        """Rank each sentence's beam by (1 - weight) * this model's + weight * `rescorer`'s
+        log-probability (docs/results.md: a right-to-left rescorer)."""
+        check_weight(weight)
+        self.rescorer, self.rescore_weight = rescorer, weight
+        return self
 
     @classmethod
     def load(
-        cls, path: str | Path | Sequence[str | Path], int8: bool = False, device: str = "auto"
+        cls,
+        path: str | Path | Sequence[str | Path],
+        int8: bool = False,
+        device: str = "auto",
+        rescore_with: str | Path | Sequence[str | Path] | None = None,
+        rescore_weight: float = 0.5,
     ) -> Translator:
         """A translator from a checkpoint on `device` (auto, cpu, cuda, cuda:N).
 
         Several checkpoints make an ensemble: they must share their data settings and
         vocabularies, and the first one's decoding settings apply. `int8` quantizes the models
-        for faster translation on the CPU.
+        for faster translation on the CPU. `rescore_with` names checkpoints (for example one
+        trained with `data.reverse_trg`) that rerank each beam: see `rescore_with`.
         """
-        paths = [path] if isinstance(path, (str, Path)) else list(path)
+        paths = _as_list(path)
+        states = [load_checkpoint(one_path) for one_path in paths]
+        translator = cls._from_states(paths, states, int8, device)
+        if rescore_with is None:
+            return translator
+        check_weight(rescore_weight)
+        rescorer_paths = _as_list(rescore_with)
+        rescorer_states = [load_checkpoint(one_path) for one_path in rescorer_paths]
+        for rescorer_path, rescorer_state in zip(rescorer_paths, rescorer_states):
+            check_same_text(
+                paths[0], states[0], rescorer_path, rescorer_state, RESCORER_REFUSAL, TOKEN_SETTINGS
+            )
+        rescorer = cls._from_states(rescorer_paths, rescorer_states, int8, device)
+        return translator.rescore_with(rescorer, rescore_weight)
+
+    @classmethod
+    def _from_states(
+        cls, paths: list[str | Path], states: list[dict], int8: bool, device: str
+    ) -> Translator:
+        """A translator from the loaded checkpoints of `paths` (an ensemble if several)."""
         target = resolve_device("cpu" if int8 and device == "auto" else device)
         if int8 and target.type != "cpu":
             raise EncdecError(f"int8 translation runs on the CPU, not on {target}")
-        states = [load_checkpoint(one_path) for one_path in paths]
         for other_path, other in zip(paths[1:], states[1:]):
             check_same_text(paths[0], states[0], other_path, other, ENSEMBLE_REFUSAL)
         first = states[0]
@@ -149,22 +188,35 @@ class Translator:
             examples,
             self.trg_vocab,
             decoding,
-            n_best,
+            decoding.beam_size if self.rescorer else n_best,  # a rescorer reranks the whole beam
             self._generator(seed),
             src_pad_idx=self.src_vocab.pad_idx,
         )
+        if self.rescorer is not None:
+            hypotheses = rescore(
+                hypotheses,
+                source_tokens,
+                self.trg_vocab,
+                self.rescorer,
+                self.rescore_weight,
+                decoding.length_penalty,
+            )
         return [
-            [self._translation(sentence, tokens, h, decoding.unk_replace) for h in sentence_hyps]
+            [
+                self._translation(sentence, tokens, h, decoding.unk_replace)
+                for h in sentence_hyps[:n_best]
+            ]
             for sentence, tokens, sentence_hyps in zip(sentences, source_tokens, hypotheses)
         ]
 
     def examples(
         self, source_tokens: list[list[str]], target_tokens: list[list[str]]
     ) -> list[Example]:
-        """Token lists as the model's id lists, the source reversed if the model was so trained."""
+        """Token lists as the model's id lists, either side reversed if the model was so trained."""
+        data = self.config.data
         return [
             numericalize(
-                source, target, self.src_vocab, self.trg_vocab, self.config.data.reverse_src
+                source, target, self.src_vocab, self.trg_vocab, data.reverse_src, data.reverse_trg
             )
             for source, target in zip(source_tokens, target_tokens)
         ]
@@ -197,10 +249,12 @@ class Translator:
     def _translation(
         self, sentence: str, source_tokens: list[str], hypothesis: Hypothesis, unk_replace: bool
     ) -> Translation:
-        tokens = self.trg_vocab.decode(hypothesis.ids)
+        tokens, attention = self.trg_vocab.decode(hypothesis.ids), hypothesis.attention
+        if self.config.data.reverse_trg:  # written right to left: back into reading order
+            tokens = tokens[::-1]
+            attention = None if attention is None else attention.flip(0)
         # what the model read: <sos>, the (maybe reversed) source, <eos>
         read = [SOS, *(source_tokens[::-1] if self.config.data.reverse_src else source_tokens), EOS]
-        attention = hypothesis.attention
         if attention is not None:
             attention = attention[:, : len(read)]  # a batch pads sources; padding gets no weight
         if unk_replace and attention is not None:
