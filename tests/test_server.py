@@ -100,7 +100,7 @@ def test_info_describes_the_model(client, demo_checkpoint):
     translator = Translator.load(demo_checkpoint, device="cpu")
     assert (info["source_language"], info["target_language"]) == ("en", "es")
     assert info["parameters"] == sum(p.numel() for p in translator.model.parameters())
-    assert info["models"] == 1
+    assert info["models"] == 1 and info["rescorer"] is None
     assert info["source_vocabulary"] == len(translator.src_vocab)
     assert info["target_vocabulary"] == len(translator.trg_vocab)
     assert info["attention"] is False
@@ -341,18 +341,20 @@ def test_attention_comes_back_when_asked_for(attention_server):
     assert info["attention"] is True and info["attention_kind"] == "general"
 
 
-def test_an_ensemble_serves_what_encdec_translate_gives_for_it(
+def test_an_ensemble_with_a_rescorer_serves_what_encdec_translate_gives_for_it(
     demo_checkpoint, tmp_path_factory, tmp_path
 ):
     members = [demo_checkpoint, attention_checkpoint(tmp_path_factory)]  # one without attention
-    with serving(members, tmp_path / "serve.log") as server:
+    rescore = ["--rescore", str(members[1]), "--rescore-weight", "0.25"]
+    with serving(members, tmp_path / "serve.log", *rescore) as server:
         body = {"text": SENTENCES, "beam_size": 3, "attention": True}
         translations = httpx.post(f"{server.url}/translate", json=body, timeout=120).json()
         info = httpx.get(f"{server.url}/info").json()
     served = [t["text"] for t in translations["translations"]]
-    assert served == encdec_translate(members, SENTENCES, tmp_path, "--beam", "3")
+    assert served == encdec_translate(members, SENTENCES, tmp_path, "--beam", "3", *rescore)
     alone = [Translator.load(member, device="cpu") for member in members]
     assert info["models"] == 2
+    assert info["rescorer"] == {"models": 1, "weight": 0.25}
     assert info["parameters"] == sum(translator.parameter_count for translator in alone)
     rows = translations["translations"][0]["attention"]  # the attending member's
     assert abs(sum(rows[0]) - 1) < 1e-2

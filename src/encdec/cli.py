@@ -196,6 +196,25 @@ def _add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The checkpoints that translate: an ensemble, and a second opinion that reranks its beam."""
+    parser.add_argument("checkpoint", nargs="+", help=CHECKPOINTS_HELP)
+    parser.add_argument(
+        "--rescore",
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="rerank each beam with these checkpoints too, e.g. a model trained with "
+        "data.reverse_trg (several: an ensemble); same tokenization and vocabularies",
+    )
+    parser.add_argument(
+        "--rescore-weight",
+        type=float,
+        default=0.5,
+        metavar="W",
+        help="rank by (1 - W) * the model's + W * the rescorer's log-probability (default: 0.5)",
+    )
+
+
 def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
     _add_device_option(parser)
     parser.add_argument(
@@ -211,20 +230,6 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
         "--unk-replace",
         action="store_true",
         help="replace each <unk> by the source word attended to most (attention models)",
-    )
-    parser.add_argument(
-        "--rescore",
-        nargs="+",
-        metavar="CHECKPOINT",
-        help="rerank each beam with these checkpoints too, e.g. a model trained with "
-        "data.reverse_trg (several: an ensemble); same tokenization and vocabularies",
-    )
-    parser.add_argument(
-        "--rescore-weight",
-        type=float,
-        default=0.5,
-        metavar="W",
-        help="rank by (1 - W) * the model's + W * the rescorer's log-probability (default: 0.5)",
     )
 
 
@@ -387,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     translate_parser = verb(
         "translate", "translate sentences (stdin or --input), one per line", cmd_translate
     )
-    translate_parser.add_argument("checkpoint", nargs="+", help=CHECKPOINTS_HELP)
+    _add_model_arguments(translate_parser)
     translate_parser.add_argument("--input", help="file of sentences (default: stdin)")
     translate_parser.add_argument("--output", help="write here (atomically) instead of stdout")
     _add_decoding_options(translate_parser)
@@ -408,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser = verb(
         "evaluate", "loss, perplexity, BLEU and chrF of a checkpoint or an ensemble", cmd_evaluate
     )
-    evaluate_parser.add_argument("checkpoint", nargs="+", help=CHECKPOINTS_HELP)
+    _add_model_arguments(evaluate_parser)
     evaluate_parser.add_argument(
         "--split",
         default="test",
@@ -454,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     average_parser.add_argument("--output", required=True, help="the averaged checkpoint to write")
     _add_plot_parser(verb)
-    add_serve_parser(verb, CHECKPOINTS_HELP)
+    add_serve_parser(verb, _add_model_arguments)
     return parser
 
 

@@ -39,10 +39,11 @@ class Limits:
     max_beam_size: int = 10
 
 
-def add_serve_parser(verb, checkpoints_help: str) -> None:
-    """The `serve` verb and its options (`verb` is cli.build_parser's sub-parser maker)."""
+def add_serve_parser(verb, add_model_arguments) -> None:
+    """The `serve` verb and its options (`verb` is cli.build_parser's sub-parser maker;
+    `add_model_arguments` adds the checkpoints, as translate and evaluate take them)."""
     parser = verb("serve", HELP, serve)
-    parser.add_argument("checkpoint", nargs="+", help=checkpoints_help)
+    add_model_arguments(parser)
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)"
     )
@@ -115,7 +116,9 @@ def serve(args: argparse.Namespace) -> None:
     from encdec.translator import Translator
 
     api_key = _api_key(args.api_key_env)
-    translator = Translator.load(args.checkpoint, int8=args.int8, device=args.device)
+    translator = Translator.load(
+        args.checkpoint, args.int8, args.device, args.rescore, args.rescore_weight
+    )
     limits = Limits(
         args.max_body_bytes, args.max_sentences, args.max_sentence_chars, args.max_beam_size
     )

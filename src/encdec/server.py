@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from encdec.data import split_lines
 from encdec.ensemble import Ensemble
 from encdec.errors import EncdecError
+from encdec.model import Seq2Seq
 from encdec.serve import Limits
 from encdec.serve_queue import BatchingQueue
 from encdec.translator import Translation, Translator
@@ -177,14 +178,21 @@ def answer(translations: list[Translation], with_attention: bool) -> dict:
     return result
 
 
+def _model_count(model: Seq2Seq) -> int:
+    return len(model.members) if isinstance(model, Ensemble) else 1
+
+
 def model_info(translator: Translator) -> dict:
     """What GET /info says about the model; an ensemble counts all its members' parameters."""
-    config, model = translator.config, translator.model
+    config, model, rescorer = translator.config, translator.model, translator.rescorer
     return {
         "encdec_version": version("encdec"),
         "source_language": config.data.src_lang,
         "target_language": config.data.trg_lang,
-        "models": len(model.members) if isinstance(model, Ensemble) else 1,
+        "models": _model_count(model),
+        "rescorer": None
+        if rescorer is None
+        else {"models": _model_count(rescorer.model), "weight": translator.rescore_weight},
         "parameters": translator.parameter_count,
         "source_vocabulary": len(translator.src_vocab),
         "target_vocabulary": len(translator.trg_vocab),
