@@ -334,6 +334,7 @@ def test_a_mistyped_option_shows_the_usage_of_its_verb(capsys):
         (["translate", "best.pt", "--beam", "0"], "--beam"),
         (["evaluate", "best.pt", "--max-len", "-3"], "--max-len"),
         (["translate", "best.pt", "--temperature", "-1"], "--temperature"),
+        (["evaluate", "best.pt", "--coverage-penalty", "-1"], "--coverage-penalty"),
         (["train", "--out", "run", "--epochs", "0"], "--epochs"),
     ],
 )

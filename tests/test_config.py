@@ -156,6 +156,7 @@ def test_wrong_type_names_the_field(override, field):
         ("training.min_lr=-1e-5", "training.min_lr"),
         ("training.warmup_steps=0", "training.warmup_steps"),
         ("training.patience=0", "training.patience"),
+        ("decoding.coverage_penalty=-0.2", "decoding.coverage_penalty"),
     ],
 )
 def test_out_of_range_names_the_field(override, field):

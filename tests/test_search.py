@@ -13,6 +13,7 @@ from encdec.search import (
     Hypothesis,
     beam_search,
     choose_next,
+    coverage,
     decode,
     decode_examples,
     normalised_score,
@@ -291,3 +292,64 @@ def test_live_beams_finish_at_max_len_without_eos():
     assert hypotheses[0].ids == [A] * 4
     assert hypotheses[0].score == pytest.approx(4 * math.log(0.9))
     assert len(hypotheses[1].ids) == 4 and model.decoder.calls == 4
+
+
+def test_coverage_sums_the_log_of_the_attention_each_source_word_received_up_to_one():
+    # three steps over <sos>, two words and <eos>, padded to six positions
+    attention = torch.tensor(
+        [
+            [0.1, 0.6, 0.1, 0.2, 0.0, 0.0],
+            [0.0, 0.7, 0.2, 0.1, 0.0, 0.0],
+            [0.0, 0.1, 0.3, 0.6, 0.0, 0.0],
+        ]
+    )
+    # the first word received 1.4, which counts as 1; the second 0.6; the rest are left out
+    assert coverage(attention, src_length=4) == pytest.approx(math.log(0.6))
+    assert coverage(attention[:, [0, 1, 1, 3, 4, 5]], src_length=4) == 0.0  # both fully covered
+    assert coverage(None, src_length=4) == 0.0  # a model without attention
+
+
+@pytest.fixture
+def attending_model() -> Seq2Seq:
+    """An untrained model with attention, its weights scaled up like `model`'s."""
+    torch.manual_seed(0)
+    config = ModelConfig(
+        embedding_dim=16, hidden_dim=32, num_layers=2, dropout=0.0, attention="general"
+    )
+    model = build_model(config, SRC_VOCAB, TRG_VOCAB).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.mul_(20)
+        model.decoder.fc_out.bias[EOS] += 2.0
+    return model
+
+
+def test_every_hypothesis_knows_its_coverage_of_its_own_source(attending_model):
+    greedy = decode_hypotheses(attending_model, SOURCES)
+    beams = beam_batch(attending_model, SOURCES, beam_size=3, n_best=3)
+    coverages = []
+    for source, hypothesis, n_best in zip(SOURCES, greedy, beams):
+        for one in [hypothesis, *n_best]:
+            assert one.attention.shape == (len(one.ids), max(map(len, SOURCES)))
+            assert one.coverage == pytest.approx(coverage(one.attention, len(source)))
+            coverages.append(one.coverage)
+    assert max(coverages) <= 0 and min(coverages) < -1  # an untrained model overlooks words
+
+
+def test_a_coverage_penalty_ranks_by_coverage_too(attending_model):
+    beta = 1e6  # so large that coverage decides, and the normalised score only breaks ties
+    plain = beam_batch(attending_model, SOURCES, beam_size=4, n_best=4, length_penalty=1.0)
+    covering = beam_batch(
+        attending_model, SOURCES, beam_size=4, n_best=4, length_penalty=1.0, coverage_penalty=beta
+    )
+    for hypotheses in covering:
+        ranks = [normalised_score(h, 1.0, beta) for h in hypotheses]
+        assert ranks == sorted(ranks, reverse=True)
+    # the search stops no earlier than without the penalty, so it finds every translation the
+    # plain search found; the best it keeps covers the source at least as fully
+    for (best_plain, *_), (best_covering, *_) in zip(plain, covering):
+        assert best_covering.coverage >= best_plain.coverage - 1e-4
+    assert any(
+        best_covering.coverage > best_plain.coverage + 1e-2
+        for (best_plain, *_), (best_covering, *_) in zip(plain, covering)
+    )

@@ -200,6 +200,26 @@ def test_unk_replace_without_attention_is_422(client):
     assert_error(response, 422, "unk_replace", "attention")
 
 
+def test_a_coverage_penalty_without_attention_is_422(client):
+    body = {"text": ["hi"], "beam_size": 2, "coverage_penalty": 0.5}
+    assert_error(client.post("/translate", json=body), 422, "coverage_penalty", "attention")
+
+
+def test_a_coverage_penalty_serves_what_encdec_translate_gives(
+    attention_server, tmp_path_factory, tmp_path
+):
+    sentences = [*SENTENCES, "see you later", "i am hungry."]
+    body = {"text": sentences, "beam_size": 4, "coverage_penalty": 3.0}
+    served = httpx.post(f"{attention_server.url}/translate", json=body, timeout=120).json()
+    texts = [t["text"] for t in served["translations"]]
+    options = ["--beam", "4", "--coverage-penalty", "3"]
+    checkpoint = attention_checkpoint(tmp_path_factory)
+    assert texts == encdec_translate(checkpoint, sentences, tmp_path, *options)
+    api = Translator.load(checkpoint, device="cpu")
+    assert texts == api.translate(sentences, beam=4, coverage_penalty=3.0)
+    assert texts != api.translate(sentences, beam=4)  # the penalty chose other translations
+
+
 def test_malformed_json_is_400(client):
     response = client.post(
         "/translate", content=b'{"text": ["hi"', headers={"Content-Type": "application/json"}

@@ -118,6 +118,8 @@ def test_n_best_above_beam_size_is_an_error(translator):
 def test_unk_replace_without_attention_is_an_error(translator):
     with pytest.raises(EncdecError, match="attention"):
         translator.translate(["let's go"], unk_replace=True)
+    with pytest.raises(EncdecError, match="coverage_penalty needs a model with attention"):
+        translator.translate(["let's go"], beam=2, coverage_penalty=0.2)
 
 
 def test_bad_decoding_option_names_the_field(translator):

@@ -59,6 +59,7 @@ DEMO_SENTENCES = [
 OPTION_FIELDS = {
     "beam": "decoding.beam_size",
     "length_penalty": "decoding.length_penalty",
+    "coverage_penalty": "decoding.coverage_penalty",
     "max_len": "decoding.max_len",
     "temperature": "decoding.temperature",
     "top_k": "decoding.top_k",
@@ -185,6 +186,7 @@ def _decoding_options(args: argparse.Namespace) -> dict:
     return {
         "beam_size": args.beam,
         "length_penalty": args.length_penalty,
+        "coverage_penalty": args.coverage_penalty,
         "max_len": args.max_len,
         "temperature": getattr(args, "temperature", None),
         "top_k": getattr(args, "top_k", None),
@@ -224,6 +226,12 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
         "--length-penalty",
         type=float,
         help="beams are ranked by log-probability / length ** this" + AS_TRAINED,
+    )
+    parser.add_argument(
+        "--coverage-penalty",
+        type=float,
+        help="... plus this * the sum over source words of log(min(attention received, 1)) "
+        "(attention models)" + AS_TRAINED,
     )
     parser.add_argument("--max-len", type=int, help="most tokens per translation" + AS_TRAINED)
     parser.add_argument(

@@ -90,6 +90,7 @@ class DecodingConfig:
     top_k: int | None = None  # when sampling, only among the k likeliest tokens
     beam_size: int = 1  # above 1, beam search with this many beams (temperature is then unused)
     length_penalty: float = 1.0  # beams are ranked by log-probability / length ** this
+    coverage_penalty: float = 0.0  # ... plus this * how fully they attended to the source
     unk_replace: bool = False  # replace each <unk> by the source word it attends to most
     batch_size: int = 128
 
@@ -144,6 +145,7 @@ NON_NEGATIVE = {
     ("training", "min_lr"),
     ("training", "keep_checkpoints"),
     ("decoding", "temperature"),
+    ("decoding", "coverage_penalty"),
 }
 FRACTIONS = {
     ("model", "dropout"),

@@ -9,6 +9,7 @@ a weighted sum of the two log-probabilities picks the candidate both find likely
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from encdec.errors import EncdecError
@@ -31,12 +32,13 @@ def rescore(
     trg_vocab: Vocab,
     rescorer: Translator,
     weight: float,
-    length_penalty: float,
+    ranking: tuple[float, float],
 ) -> list[list[Hypothesis]]:
     """Each sentence's candidates rescored and ranked again, best first.
 
     A candidate's new score is (1 - weight) * its score + weight * the rescorer's log-probability
-    of it; candidates are ranked by score / (tokens + 1) ** length_penalty, as beam search ranks.
+    of it; candidates are ranked as beam search ranks them, by `search.normalised_score` with
+    `ranking` = (length_penalty, coverage_penalty).
     """
     candidates = [(index, one) for index, sentence in enumerate(hypotheses) for one in sentence]
     examples = rescorer.examples(
@@ -49,8 +51,8 @@ def rescore(
     rescored: list[list[Hypothesis]] = [[] for _ in hypotheses]
     for (index, hypothesis), second_opinion in zip(candidates, second_opinions):
         score = (1 - weight) * hypothesis.score + weight * second_opinion
-        rescored[index].append(Hypothesis(hypothesis.ids, score, hypothesis.attention))
+        rescored[index].append(replace(hypothesis, score=score))
     return [
-        sorted(sentence, key=lambda h: normalised_score(h, length_penalty), reverse=True)
+        sorted(sentence, key=lambda h: normalised_score(h, *ranking), reverse=True)
         for sentence in rescored
     ]

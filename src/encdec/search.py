@@ -25,6 +25,21 @@ class Hypothesis:
     ids: list[int]  # target ids, without <sos> and <eos>
     score: float  # sum of the log-probabilities of its tokens, <eos> included
     attention: torch.Tensor | None = None  # (len(ids), S) weights over the source per token
+    coverage: float = 0.0  # how fully its attention covered the source (`coverage`); 0 is fully
+
+
+def coverage(attention: torch.Tensor | None, src_length: int) -> float:
+    """Sum over the source words of log(min(attention they received, 1)) (Wu et al., 2016).
+
+    `attention` (steps, S) holds one translation's weights over a source of `src_length`
+    positions, <sos> and <eos> included, which are left out here. A word that the translation
+    attended to for a whole step or more adds 0; one it overlooked adds a large negative number,
+    so ranking by `coverage_penalty` times this favours translations that leave nothing out.
+    """
+    if attention is None:
+        return 0.0
+    received = attention[:, 1 : src_length - 1].sum(dim=0)  # (source words,)
+    return received.clamp(min=1e-10, max=1.0).log().sum().item()
 
 
 @torch.no_grad()
@@ -72,9 +87,14 @@ def decode(
             state = state.select(unfinished)
     generated, scores = generated.cpu(), scores.tolist()
     attention = attention.cpu() if attention is not None else None
+    lengths = src_lengths.tolist()
     return [
         _hypothesis(
-            generated[:, i], scores[i], attention[:, i] if attention is not None else None, eos_idx
+            generated[:, i],
+            scores[i],
+            attention[:, i] if attention is not None else None,
+            eos_idx,
+            lengths[i],
         )
         for i in range(batch_size)
     ]
@@ -107,6 +127,7 @@ def beam_search(
     beam_size: int,
     length_penalty: float = 1.0,
     n_best: int = 1,
+    coverage_penalty: float = 0.0,
 ) -> list[list[Hypothesis]]:
     """The `n_best` translations of each sentence with the best normalised score found by beams.
 
@@ -115,7 +136,8 @@ def beam_search(
     beam_size are set aside as finished, and the best beam_size others live on. A sentence is
     done, and its rows leave the batch, once it has `n_best` finished translations that no live
     one can still beat; at `max_len` the live ones finish as they stand. Translations are ranked
-    by score / (len(ids) + 1) ** `length_penalty` (0 ranks by the raw log-probability).
+    by score / (len(ids) + 1) ** `length_penalty` (0 ranks by the raw log-probability), plus
+    `coverage_penalty` times their `coverage` of the source (0 leaves it out).
     """
     batch_size, device = src.shape[1], src.device
     state = model.encode(src, src_lengths)
@@ -128,7 +150,9 @@ def beam_search(
     if model.decoder.attention is not None:
         attention = torch.zeros(0, batch_size * beam_size, src.shape[0], device=device)
     searching = list(range(batch_size))  # the sentences whose rows are in the batch, in order
+    src_length = src_lengths.tolist()  # per sentence of the batch
     finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
+    ranking = (length_penalty, coverage_penalty)  # what normalised_score ranks by
     for _ in range(max_len):
         logits, state = model.decoder(tokens, state)  # (1, rows, V)
         log_probs = torch.log_softmax(logits[0], dim=-1)  # (rows, V)
@@ -140,7 +164,16 @@ def beam_search(
         ends = top % vocab_size == eos_idx  # (n, 2 * beam)
         setting_aside = ends[:, :beam_size] & top_scores[:, :beam_size].isfinite()  # (n, beam)
         if setting_aside.any():
-            _set_aside(finished, searching, setting_aside, top_scores, parents, history, attention)
+            _set_aside(
+                finished,
+                searching,
+                src_length,
+                setting_aside,
+                top_scores,
+                parents,
+                history,
+                attention,
+            )
         # at most beam_size candidates end with <eos> (one per row), so beam_size others live on
         live = top_scores.masked_fill(ends, float("-inf")).topk(beam_size, dim=-1).indices
         scores = top_scores.gather(1, live)  # (n, beam)
@@ -154,24 +187,28 @@ def beam_search(
         staying = [
             index
             for index, sentence in enumerate(searching)
-            if not _is_done(finished[sentence], reachable[index], n_best, length_penalty)
+            if not _is_done(finished[sentence], reachable[index], n_best, ranking)
         ]
         if len(staying) < len(searching):
             if not staying:
-                return _best_finished(finished, length_penalty, n_best)
+                return _best_finished(finished, ranking, n_best)
             kept = torch.tensor(staying, device=device)
             rows = (kept.unsqueeze(1) * beam_size + torch.arange(beam_size, device=device)).view(-1)
             scores, tokens, history = scores[kept], tokens[:, rows], history[:, rows]
             attention = attention[:, rows] if attention is not None else None
             state = state.select(rows)
             searching = [searching[index] for index in staying]
-    _finish_live(finished, searching, scores, history, attention)
-    return _best_finished(finished, length_penalty, n_best)
+    _finish_live(finished, searching, src_length, scores, history, attention)
+    return _best_finished(finished, ranking, n_best)
 
 
-def normalised_score(hypothesis: Hypothesis, length_penalty: float) -> float:
-    """What beam search ranks by: score / (tokens + 1) ** length_penalty, <eos> counted."""
-    return hypothesis.score / (len(hypothesis.ids) + 1) ** length_penalty
+def normalised_score(
+    hypothesis: Hypothesis, length_penalty: float, coverage_penalty: float = 0.0
+) -> float:
+    """What beam search ranks by: score / (tokens + 1) ** length_penalty (<eos> counted) plus
+    coverage_penalty * the hypothesis's coverage of the source."""
+    length_normalised = hypothesis.score / (len(hypothesis.ids) + 1) ** length_penalty
+    return length_normalised + coverage_penalty * hypothesis.coverage
 
 
 def _best_reachable(
@@ -180,7 +217,8 @@ def _best_reachable(
     """Per sentence, the best normalised score its live rows (n, beam) of `length` tokens can reach.
 
     A live score (<= 0) only falls, and a row ends with `length` to `max_len` tokens; the
-    normalised score is monotonic in the length, so its best lies at one of the two ends.
+    normalised score is monotonic in the length, so its best lies at one of the two ends. The
+    coverage term is at most 0, so leaving it out keeps this a bound.
     """
     best_live = scores.max(dim=1).values  # (n,)
     ending_next, ending_at_max_len = (length + 1) ** length_penalty, (max_len + 1) ** length_penalty
@@ -188,18 +226,19 @@ def _best_reachable(
 
 
 def _is_done(
-    finished: list[Hypothesis], reachable: float, n_best: int, length_penalty: float
+    finished: list[Hypothesis], reachable: float, n_best: int, ranking: tuple[float, float]
 ) -> bool:
     """Whether `n_best` finished translations are kept that no live one can beat any more."""
     if len(finished) < n_best:
         return False
-    kept = sorted((normalised_score(h, length_penalty) for h in finished), reverse=True)
+    kept = sorted((normalised_score(h, *ranking) for h in finished), reverse=True)
     return reachable <= kept[n_best - 1]
 
 
 def _set_aside(
     finished: list[list[Hypothesis]],
     searching: list[int],
+    src_length: list[int],
     setting_aside: torch.Tensor,
     top_scores: torch.Tensor,
     parents: torch.Tensor,
@@ -215,12 +254,15 @@ def _set_aside(
     sentences = setting_aside.nonzero()[:, 0].tolist()
     for index, (sentence, score) in enumerate(zip(sentences, scores)):
         looked = weights[:, index] if weights is not None else None
-        finished[searching[sentence]].append(Hypothesis(ids[index], score, looked))
+        original = searching[sentence]
+        covered = coverage(looked, src_length[original])
+        finished[original].append(Hypothesis(ids[index], score, looked, covered))
 
 
 def _finish_live(
     finished: list[list[Hypothesis]],
     searching: list[int],
+    src_length: list[int],
     scores: torch.Tensor,
     history: torch.Tensor,
     attention: torch.Tensor | None,
@@ -232,26 +274,33 @@ def _finish_live(
     for row, score in enumerate(flat_scores):
         if score != float("-inf"):  # a row that never had a real candidate to extend
             looked = weights[:, row] if weights is not None else None
-            finished[searching[row // beam_size]].append(Hypothesis(ids[row], score, looked))
+            original = searching[row // beam_size]
+            covered = coverage(looked, src_length[original])
+            finished[original].append(Hypothesis(ids[row], score, looked, covered))
 
 
 def _best_finished(
-    finished: list[list[Hypothesis]], length_penalty: float, n_best: int
+    finished: list[list[Hypothesis]], ranking: tuple[float, float], n_best: int
 ) -> list[list[Hypothesis]]:
     """Each sentence's `n_best` finished translations, best first by normalised score."""
     return [
-        sorted(hypotheses, key=lambda h: normalised_score(h, length_penalty), reverse=True)[:n_best]
+        sorted(hypotheses, key=lambda h: normalised_score(h, *ranking), reverse=True)[:n_best]
         for hypotheses in finished
     ]
 
 
 def _hypothesis(
-    tokens: torch.Tensor, score: float, attention: torch.Tensor | None, eos_idx: int
+    tokens: torch.Tensor,
+    score: float,
+    attention: torch.Tensor | None,
+    eos_idx: int,
+    src_length: int,
 ) -> Hypothesis:
     """A hypothesis from one column of generated tokens (steps,), cut at its first <eos>."""
     ids = tokens.tolist()
     length = ids.index(eos_idx) if eos_idx in ids else len(ids)
-    return Hypothesis(ids[:length], score, attention[:length] if attention is not None else None)
+    looked = attention[:length] if attention is not None else None
+    return Hypothesis(ids[:length], score, looked, coverage(looked, src_length))
 
 
 def decode_examples(
@@ -286,6 +335,7 @@ def decode_examples(
                 decoding.beam_size,
                 decoding.length_penalty,
                 n_best,
+                decoding.coverage_penalty,
             )
         else:
             hypotheses = [

@@ -56,6 +56,7 @@ class TranslateRequest(BaseModel):
     temperature: float | None = Field(None, ge=0)
     top_k: int | None = Field(None, ge=1)
     length_penalty: float | None = None
+    coverage_penalty: float | None = Field(None, ge=0)
     unk_replace: bool | None = None
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     attention: bool = False
@@ -74,6 +75,7 @@ class DecodingOptions:
     temperature: float
     top_k: int | None
     length_penalty: float
+    coverage_penalty: float
     unk_replace: bool
     n_best: int
     seed: int | None  # None unless sampling
@@ -86,7 +88,14 @@ class DecodingOptions:
         """
         settings = {
             name: defaults[name] if getattr(request, name) is None else getattr(request, name)
-            for name in ("beam_size", "temperature", "top_k", "length_penalty", "unk_replace")
+            for name in (
+                "beam_size",
+                "temperature",
+                "top_k",
+                "length_penalty",
+                "coverage_penalty",
+                "unk_replace",
+            )
         }
         sampling = settings["beam_size"] == 1 and settings["temperature"] > 0
         seed = request.seed if sampling else None
@@ -288,6 +297,7 @@ class TranslationService:
             temperature=options.temperature,
             top_k=options.top_k,
             length_penalty=options.length_penalty,
+            coverage_penalty=options.coverage_penalty,
             unk_replace=options.unk_replace,
         )
 

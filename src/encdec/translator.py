@@ -165,8 +165,8 @@ class Translator:
         `beam=5` is short for `beam_size=5`.
 
         `options` override the checkpoint's decoding settings (docs/config.md): beam_size,
-        max_len, temperature, top_k, length_penalty, unk_replace. Inputs are batched by length;
-        results come back in input order.
+        max_len, temperature, top_k, length_penalty, coverage_penalty, unk_replace. Inputs are
+        batched by length; results come back in input order.
         """
         source_tokens = self.src_tokenizer.tokenize_many(sentences)
         return self.translations_of(sentences, source_tokens, n_best, seed, beam, **options)
@@ -199,7 +199,7 @@ class Translator:
                 self.trg_vocab,
                 self.rescorer,
                 self.rescore_weight,
-                decoding.length_penalty,
+                (decoding.length_penalty, decoding.coverage_penalty),
             )
         return [
             [
@@ -242,8 +242,12 @@ class Translator:
         decoding = from_dict({"decoding": decoding}).decoding
         if n_best > decoding.beam_size:
             raise EncdecError(f"n_best ({n_best}) cannot exceed beam_size ({decoding.beam_size})")
-        if decoding.unk_replace and self.model.decoder.attention is None:
-            raise EncdecError("unk_replace needs a model with attention (model.attention)")
+        if self.model.decoder.attention is None:
+            for needs_attention in ("unk_replace", "coverage_penalty"):
+                if getattr(decoding, needs_attention):
+                    raise EncdecError(
+                        f"{needs_attention} needs a model with attention (model.attention)"
+                    )
         return decoding
 
     def _translation(
