@@ -143,7 +143,7 @@ def _check_precision(precision: str, device: torch.device) -> None:
 
 
 @contextlib.contextmanager
-def _deterministic_kernels(on: bool) -> Iterator[None]:
+def deterministic_kernels(on: bool) -> Iterator[None]:
     """With `on` (training.deterministic), GPU kernels that give the same bits every time.
 
     cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it starts, at the process's first GPU matrix product.
@@ -474,7 +474,7 @@ def train(
             run = _resumed_run(state, config, epochs, out_dir, processes)
         del state  # the saved tensors now live in the run
         run_on_main(partial(_free_space_for_checkpoints, out_dir, run.model), processes)
-        deterministic = _deterministic_kernels(run.config.training.deterministic)
+        deterministic = deterministic_kernels(run.config.training.deterministic)
         with deterministic, silence_bars(quiet or not processes.is_main):
             with catching_stop_signals() as stop, _reporting(run) as epoch_bar:
                 while not run.progress.finished:
