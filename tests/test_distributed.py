@@ -1,6 +1,7 @@
 """Tests for data-parallel training with torchrun (2 CPU processes, gloo on 127.0.0.1), devices
 and mixed precision. The CUDA tests skip on a machine without a GPU."""
 
+import importlib.util
 import json
 import os
 import random
@@ -134,12 +135,14 @@ def test_only_rank_0_writes_checkpoints_and_logs(two_processes):
     written = (two_processes / "writes-rank0.txt").read_text(encoding="utf-8").split()
     assert set(written) == {"last.pt", "best.pt"}
     run_dir = two_processes / "run"
+    event_files = {"tensorboard"} if importlib.util.find_spec("tensorboard") else set()
     assert {p.name for p in run_dir.iterdir()} == {
         "best.pt",
         "last.pt",
         "config.yaml",
         "metrics.jsonl",
         "train.log",
+        *event_files,
     }
     log = (run_dir / "train.log").read_text(encoding="utf-8")
     assert log.count(f"epoch  1/{EPOCHS}") == 1 and log.count("test (best checkpoint)") == 1
