@@ -1,0 +1,186 @@
+"""Quality levers side by side: train a plan's runs, several at once, then score its decodings.
+
+A plan (YAML, see benchmarks/ablation.yaml) names a base config, the language pairs, the runs (the
+base with `--set` overrides) and the decodings (runs' averaged checkpoints as an ensemble, maybe
+rescored by other runs). Every run and decoding is scored on valid, where choices are made;
+`--test` also scores test, once the recipe is chosen. A second call goes on where the first
+stopped: finished runs are kept, interrupted ones resumed. On one GPU the runs share the card
+(a recipe alone leaves most of it idle); on the CPU use `--parallel 1`.
+
+    python benchmarks/ablation.py benchmarks/ablation.yaml --data-dir ../shared/data/multi30k \\
+        --out runs/ablation --device cuda --parallel 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class Run:
+    pair: str  # "de-en"
+    name: str
+    overrides: list[str]
+    folder: Path
+
+
+@dataclass
+class Decoding:
+    pair: str
+    name: str
+    ensemble: list[str]  # run names
+    rescore: list[str]
+    rescore_weight: float
+
+
+def read_plan(path: Path, out: Path) -> tuple[str, list[Run], list[Decoding]]:
+    plan = yaml.safe_load(path.read_text(encoding="utf-8"))
+    runs, decodings = [], []
+    for pair in plan.get("pairs") or ["as-configured"]:
+        languages = [] if pair == "as-configured" else pair.split("-")
+        pair_overrides = [
+            f"data.{side}_lang={lang}" for side, lang in zip(["src", "trg"], languages)
+        ]
+        for name, overrides in plan["runs"].items():
+            folder = out / pair / name
+            runs.append(Run(pair, name, [*pair_overrides, *(overrides or [])], folder))
+            decodings.append(Decoding(pair, name, [name], [], 0.0))  # each run alone
+        for name, decoding in (plan.get("decodings") or {}).items():
+            unknown = {*decoding["ensemble"], *decoding.get("rescore", [])} - set(plan["runs"])
+            if unknown:
+                raise SystemExit(f"{path}: decoding {name!r} names no run {sorted(unknown)}")
+            decodings.append(
+                Decoding(
+                    pair,
+                    name,
+                    decoding["ensemble"],
+                    decoding.get("rescore", []),
+                    float(decoding.get("rescore_weight", 0.5)),
+                )
+            )
+    return plan["base"], runs, decodings
+
+
+def encdec(*args: object) -> list[str]:
+    return [sys.executable, "-m", "encdec", *map(str, args)]
+
+
+def finished(run: Run) -> bool:
+    log = run.folder / "train.log"
+    return log.is_file() and "test (best checkpoint)" in log.read_text(encoding="utf-8")
+
+
+def data_dir_option(data_dir: str | None) -> list[str]:
+    return ["--data-dir", data_dir] if data_dir else []
+
+
+def train(run: Run, base: str, data_dir: str | None, device: str) -> None:
+    """Train `run` (or resume it), then average its kept checkpoints into avg.pt."""
+    if not finished(run):
+        if (run.folder / "last.pt").is_file():
+            command = encdec("train", "--resume", run.folder, "--device", device, "--quiet")
+        else:
+            settings = [item for override in run.overrides for item in ("--set", override)]
+            command = encdec(
+                "train", "--config", base, *settings, *data_dir_option(data_dir),
+                "--out", run.folder, "--device", device, "--quiet",
+            )  # fmt: skip
+        run.folder.mkdir(parents=True, exist_ok=True)
+        log = run.folder.with_suffix(".out")
+        with open(log, "a", encoding="utf-8") as output:
+            done = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            raise SystemExit(
+                f"run {run.pair}/{run.name} failed (exit {done.returncode}): see {log}"
+            )
+    kept = sorted(run.folder.glob("epoch_*.pt"))
+    if kept and not (run.folder / "avg.pt").is_file():
+        average = encdec("average", *kept, "--output", run.folder / "avg.pt")
+        subprocess.run(average, check=True, capture_output=True)
+
+
+def training_minutes(out: Path, pair: str, run_name: str) -> float:
+    """Minutes in the training loop, over every call that trained the run."""
+    lines = (out / pair / run_name / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return json.loads(lines[-1])["train_seconds_total"] / 60
+
+
+def checkpoint(out: Path, pair: str, run_name: str) -> Path:
+    folder = out / pair / run_name
+    return folder / "avg.pt" if (folder / "avg.pt").is_file() else folder / "best.pt"
+
+
+def score(decoding: Decoding, out: Path, split: str, data_dir: str | None, device: str) -> dict:
+    models = [checkpoint(out, decoding.pair, name) for name in decoding.ensemble]
+    command = encdec(
+        "evaluate", *models, "--split", split, *data_dir_option(data_dir),
+        "--device", device, "--json", "--quiet",
+    )  # fmt: skip
+    if decoding.rescore:
+        rescorers = [checkpoint(out, decoding.pair, name) for name in decoding.rescore]
+        command += [
+            "--rescore",
+            *map(str, rescorers),
+            "--rescore-weight",
+            str(decoding.rescore_weight),
+        ]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"decoding {decoding.pair}/{decoding.name} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("plan", type=Path)
+    parser.add_argument("--data-dir", help="Multi30k folder (default: the base config's)")
+    parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--parallel", type=int, default=1, help="runs trained at once")
+    parser.add_argument("--pairs", help="only these of the plan's pairs, e.g. de-en,fr-en")
+    parser.add_argument("--test", action="store_true", help="score test too (the final recipe)")
+    args = parser.parse_args()
+    print(f"command: python benchmarks/ablation.py {' '.join(sys.argv[1:])}", flush=True)
+    base, runs, decodings = read_plan(args.plan, args.out)
+    if args.pairs:
+        wanted = set(args.pairs.split(","))
+        runs = [run for run in runs if run.pair in wanted]
+        decodings = [decoding for decoding in decodings if decoding.pair in wanted]
+    os.environ.setdefault("OMP_NUM_THREADS", "2")  # runs side by side share the cores
+    start = time.perf_counter()
+    with ThreadPoolExecutor(args.parallel) as pool:
+        list(pool.map(lambda run: train(run, base, args.data_dir, args.device), runs))
+    splits = ["valid", "test"] if args.test else ["valid"]
+    jobs = [(decoding, split) for decoding in decodings for split in splits]
+    with ThreadPoolExecutor(args.parallel) as pool:
+        scores = list(
+            pool.map(lambda job: score(job[0], args.out, job[1], args.data_dir, args.device), jobs)
+        )
+    run_names = {(run.pair, run.name) for run in runs}
+    print(f"{'pair':<14} {'decoding':<24} {'split':<6} {'BLEU':>6} {'chrF':>6}  training min")
+    with open(args.out / "scores.jsonl", "a", encoding="utf-8") as record:
+        for (decoding, split), result in zip(jobs, scores):
+            minutes = ""
+            if (decoding.pair, decoding.name) in run_names:
+                minutes = f"{training_minutes(args.out, decoding.pair, decoding.name):.1f}"
+            print(
+                f"{decoding.pair:<14} {decoding.name:<24} {split:<6} {result['bleu']:6.2f} "
+                f"{result['chrf']:6.2f}  {minutes}"
+            )
+            row = {"pair": decoding.pair, "decoding": decoding.name, "split": split, **result}
+            record.write(json.dumps(row) + "\n")
+    print(f"wall clock of this call: {(time.perf_counter() - start) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""benchmarks/ablation.py: a plan's runs trained and kept, its decodings scored (toy data, CPU)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "ablation.py"
+TOY_BASE = {
+    "data": {"dataset": "toy", "src_lang": "en", "trg_lang": "es", "min_freq": 1},
+    "model": {"embedding_dim": 16, "hidden_dim": 32, "num_layers": 1, "attention": "dot"},
+    "training": {"epochs": 2, "batch_size": 16, "lr": 0.01, "keep_checkpoints": 2},
+    "decoding": {"max_len": 8, "beam_size": 2},
+}
+PLAN = {
+    "runs": {"forward": [], "backward": ["data.reverse_trg=true"]},
+    "decodings": {"forward<backward": {"ensemble": ["forward"], "rescore": ["backward"]}},
+}
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("ablation", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["ablation"] = module  # its dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_plan(folder: Path, plan: dict) -> Path:
+    (folder / "base.yaml").write_text(yaml.safe_dump(TOY_BASE), encoding="utf-8")
+    path = folder / "plan.yaml"
+    path.write_text(
+        yaml.safe_dump({"base": str(folder / "base.yaml"), **plan}, sort_keys=False),
+        encoding="utf-8",
+    )
+    return path
+
+
+def test_each_pair_gets_its_languages_and_each_run_is_scored_alone(tmp_path):
+    plan = write_plan(tmp_path, {**PLAN, "pairs": ["de-en", "fr-en"]})
+    _, runs, decodings = load_script().read_plan(plan, tmp_path / "out")
+    backward = [run for run in runs if run.name == "backward"]
+    assert [run.overrides for run in backward] == [
+        ["data.src_lang=de", "data.trg_lang=en", "data.reverse_trg=true"],
+        ["data.src_lang=fr", "data.trg_lang=en", "data.reverse_trg=true"],
+    ]
+    assert backward[1].folder == tmp_path / "out" / "fr-en" / "backward"
+    names = [(decoding.pair, decoding.name) for decoding in decodings]
+    assert names.count(("de-en", "forward")) == 1 and ("fr-en", "forward<backward") in names
+
+
+def test_a_decoding_that_names_no_run_is_refused(tmp_path):
+    bad = {**PLAN, "decodings": {"x": {"ensemble": ["forward", "sideways"]}}}
+    with pytest.raises(SystemExit, match=r"decoding 'x' names no run \['sideways'\]"):
+        load_script().read_plan(write_plan(tmp_path, bad), tmp_path / "out")
+
+
+def test_the_plan_trains_averages_and_scores_then_keeps_finished_runs(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    command = [sys.executable, str(SCRIPT), str(write_plan(tmp_path, PLAN)), "--out", str(out)]
+    done = subprocess.run(
+        [*command, "--device", "cpu", "--parallel", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert [(row["decoding"], row["split"]) for row in rows] == [
+        ("forward", "valid"),
+        ("backward", "valid"),
+        ("forward<backward", "valid"),
+    ]
+    assert all(0 <= row["bleu"] <= 100 and row["loss"] > 0 for row in rows)
+    for name in ("forward", "backward"):
+        assert (out / "as-configured" / name / "avg.pt").is_file()
+        assert f"as-configured  {name}" in done.stdout
+    assert "training min" in done.stdout and "wall clock of this call" in done.stdout
+
+    script = load_script()
+    called = []
+    monkeypatch.setattr(script.subprocess, "run", lambda *args, **kwargs: called.append(args))
+    _, runs, _ = script.read_plan(tmp_path / "plan.yaml", out)
+    for run in runs:
+        script.train(run, str(tmp_path / "base.yaml"), "unused", "cpu")
+    assert called == []  # finished and averaged: nothing trained again
