@@ -22,11 +22,14 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import recipe_epoch  # noqa: E402
+
 from encdec.batching import bucket_batches  # noqa: E402
 from encdec.config import load_config  # noqa: E402
 from encdec.corpus import build_corpus  # noqa: E402
 from encdec.model import build_model  # noqa: E402
-from encdec.steps import make_optimizer, run_epoch  # noqa: E402
+from encdec.steps import make_optimizer  # noqa: E402
 from encdec.training import deterministic_kernels  # noqa: E402
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
@@ -40,17 +43,7 @@ def train_from_seed(config, corpus, batches, deterministic: bool, device: str):
     optimizer = make_optimizer(model, settings.lr)
     coins = torch.Generator().manual_seed(settings.seed)  # teacher forcing's
     with deterministic_kernels(deterministic):
-        result = run_epoch(
-            model,
-            corpus.examples["train"],
-            batches,
-            corpus.trg_vocab.pad_idx,
-            settings.teacher_forcing_ratio,
-            optimizer,
-            settings.clip,
-            label_smoothing=settings.label_smoothing,
-            coin_generator=coins,
-        )
+        result = recipe_epoch(model, corpus, batches, settings, optimizer, coins)
     return result.tokens / result.seconds, [p.detach().cpu() for p in model.parameters()]
 
 

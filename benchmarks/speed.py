@@ -31,7 +31,7 @@ from encdec.config import DataConfig, DecodingConfig, ModelConfig, load_config  
 from encdec.corpus import build_corpus  # noqa: E402
 from encdec.model import build_model  # noqa: E402
 from encdec.search import decode_examples  # noqa: E402
-from encdec.steps import make_optimizer, run_epoch  # noqa: E402
+from encdec.steps import EpochResult, make_optimizer, run_epoch  # noqa: E402
 from encdec.translator import Translator, quantize_int8  # noqa: E402
 
 
@@ -136,6 +136,21 @@ def report(name: str, reference_values: list[float], encdec_values: list[float],
 JOEYNMT_TOKENS_PER_S = 520
 
 
+def recipe_epoch(model, corpus, batches, settings, optimizer, coins) -> EpochResult:
+    """One training pass over `batches` of the corpus's train split, with a recipe's settings."""
+    return run_epoch(
+        model,
+        corpus.examples["train"],
+        batches,
+        corpus.trg_vocab.pad_idx,
+        settings.teacher_forcing_ratio,
+        optimizer,
+        settings.clip,
+        label_smoothing=settings.label_smoothing,
+        coin_generator=coins,
+    )
+
+
 def report_recipe(config_path: str, data_dir: str, n_batches: int, rounds: int) -> None:
     """Training tokens/s of a recipe's model with its own batch size and training settings."""
     config = load_config(config_path, [f"data.data_dir={data_dir}"])
@@ -148,17 +163,7 @@ def report_recipe(config_path: str, data_dir: str, n_batches: int, rounds: int) 
     coins = torch.Generator().manual_seed(settings.seed)  # teacher forcing's
     for _ in range(rounds):
         batches = bucket_batches(train, settings.batch_size, settings.bucket_pool, rng)
-        result = run_epoch(
-            model,
-            train,
-            batches[:n_batches],
-            corpus.trg_vocab.pad_idx,
-            settings.teacher_forcing_ratio,
-            optimizer,
-            settings.clip,
-            label_smoothing=settings.label_smoothing,
-            coin_generator=coins,
-        )
+        result = recipe_epoch(model, corpus, batches[:n_batches], settings, optimizer, coins)
         rates.append(result.tokens / result.seconds)
     median = statistics.median(rates)
     print(
