@@ -69,10 +69,14 @@ def measure(recipe: Path, data_dir: str, n_batches: int, rounds: int, device: st
         values = rates[deterministic]
         first, *others = weights[deterministic]
         repeats = all(same_weights(first, other) for other in others)
+        repeat_note = (
+            f"{rounds} runs from one seed end with {'the same' if repeats else 'different'} weights"
+            if others
+            else "one run: repeatability not checked"
+        )
         print(
             f"{recipe.stem:<28} {label} {statistics.median(values):9,.0f} tokens/s "
-            f"({min(values):,.0f}-{max(values):,.0f}); {rounds} runs from one seed end with "
-            f"{'the same' if repeats else 'different'} weights",
+            f"({min(values):,.0f}-{max(values):,.0f}); {repeat_note}",
             flush=True,
         )
     cost = statistics.median(rates[False]) / statistics.median(rates[True])
