@@ -84,8 +84,8 @@ def data_dir_option(data_dir: str | None) -> list[str]:
     return ["--data-dir", data_dir] if data_dir else []
 
 
-def train(run: Run, base: str, data_dir: str | None, device: str) -> None:
-    """Train `run` (or resume it), then average its kept checkpoints into avg.pt."""
+def train(run: Run, base: str, data_dir: str | None, device: str) -> str | None:
+    """Train `run` (or resume it), average its kept checkpoints into avg.pt; why it failed."""
     if not finished(run):
         if (run.folder / "last.pt").is_file():
             command = encdec("train", "--resume", run.folder, "--device", device, "--quiet")
@@ -100,13 +100,14 @@ def train(run: Run, base: str, data_dir: str | None, device: str) -> None:
         with open(log, "a", encoding="utf-8") as output:
             done = subprocess.run(command, stdout=output, stderr=subprocess.STDOUT)
         if done.returncode != 0:
-            raise SystemExit(
-                f"run {run.pair}/{run.name} failed (exit {done.returncode}): see {log}"
-            )
+            return f"training exited with {done.returncode}: see {log}"
     kept = sorted(run.folder.glob("epoch_*.pt"))
     if kept and not (run.folder / "avg.pt").is_file():
         average = encdec("average", *kept, "--output", run.folder / "avg.pt")
-        subprocess.run(average, check=True, capture_output=True)
+        done = subprocess.run(average, capture_output=True, text=True)
+        if done.returncode != 0:
+            return f"encdec average failed: {done.stderr.strip()[-500:]}"
+    return None
 
 
 def training_minutes(out: Path, pair: str, run_name: str) -> float:
@@ -121,6 +122,7 @@ def checkpoint(out: Path, pair: str, run_name: str) -> Path:
 
 
 def score(decoding: Decoding, out: Path, split: str, data_dir: str | None, device: str) -> dict:
+    """`encdec evaluate`'s scores of the decoding, or {"error": why it failed}."""
     models = [checkpoint(out, decoding.pair, name) for name in decoding.ensemble]
     command = encdec(
         "evaluate", *models, "--split", split, *data_dir_option(data_dir),
@@ -136,7 +138,7 @@ def score(decoding: Decoding, out: Path, split: str, data_dir: str | None, devic
         ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"decoding {decoding.pair}/{decoding.name} failed:\n{done.stderr[-2000:]}")
+        return {"error": f"encdec evaluate failed: {done.stderr.strip()[-500:]}"}
     return json.loads(done.stdout)
 
 
@@ -159,9 +161,17 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "2")  # runs side by side share the cores
     start = time.perf_counter()
     with ThreadPoolExecutor(args.parallel) as pool:
-        list(pool.map(lambda run: train(run, base, args.data_dir, args.device), runs))
+        errors = list(pool.map(lambda run: train(run, base, args.data_dir, args.device), runs))
+    failed = {(run.pair, run.name): error for run, error in zip(runs, errors) if error}
+    for (pair, name), error in failed.items():
+        print(f"run {pair}/{name} failed, and every decoding that needs it is left out: {error}")
     splits = ["valid", "test"] if args.test else ["valid"]
-    jobs = [(decoding, split) for decoding in decodings for split in splits]
+    jobs = [
+        (decoding, split)
+        for decoding in decodings
+        if not any((decoding.pair, name) in failed for name in decoding.ensemble + decoding.rescore)
+        for split in splits
+    ]
     with ThreadPoolExecutor(args.parallel) as pool:
         scores = list(
             pool.map(lambda job: score(job[0], args.out, job[1], args.data_dir, args.device), jobs)
@@ -170,6 +180,9 @@ def main() -> None:
     print(f"{'pair':<14} {'decoding':<24} {'split':<6} {'BLEU':>6} {'chrF':>6}  training min")
     with open(args.out / "scores.jsonl", "a", encoding="utf-8") as record:
         for (decoding, split), result in zip(jobs, scores):
+            if "error" in result:
+                print(f"{decoding.pair:<14} {decoding.name:<24} {split:<6} {result['error']}")
+                continue
             minutes = ""
             if (decoding.pair, decoding.name) in run_names:
                 minutes = f"{training_minutes(args.out, decoding.pair, decoding.name):.1f}"
@@ -180,6 +193,8 @@ def main() -> None:
             row = {"pair": decoding.pair, "decoding": decoding.name, "split": split, **result}
             record.write(json.dumps(row) + "\n")
     print(f"wall clock of this call: {(time.perf_counter() - start) / 60:.1f} min")
+    if failed or any("error" in result for result in scores):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

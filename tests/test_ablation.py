@@ -61,14 +61,22 @@ def test_a_decoding_that_names_no_run_is_refused(tmp_path):
 
 def test_the_plan_trains_averages_and_scores_then_keeps_finished_runs(tmp_path, monkeypatch):
     out = tmp_path / "out"
-    command = [sys.executable, str(SCRIPT), str(write_plan(tmp_path, PLAN)), "--out", str(out)]
+    plan = {
+        "runs": {**PLAN["runs"], "broken": ["model.cell=transformer"]},
+        "decodings": {**PLAN["decodings"], "forward+broken": {"ensemble": ["forward", "broken"]}},
+    }
+    command = [sys.executable, str(SCRIPT), str(write_plan(tmp_path, plan)), "--out", str(out)]
     done = subprocess.run(
         [*command, "--device", "cpu", "--parallel", "2"],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    # a failed run costs only the decodings that need it; the exit status says something failed
+    assert done.returncode == 1, done.stderr[-3000:]
+    broken_log = out / "as-configured" / "broken.out"
+    assert "run as-configured/broken failed" in done.stdout and str(broken_log) in done.stdout
+    assert "must be one of" in broken_log.read_text() and "forward+broken" not in done.stdout
     rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
     assert [(row["decoding"], row["split"]) for row in rows] == [
         ("forward", "valid"),
@@ -85,6 +93,6 @@ def test_the_plan_trains_averages_and_scores_then_keeps_finished_runs(tmp_path, 
     called = []
     monkeypatch.setattr(script.subprocess, "run", lambda *args, **kwargs: called.append(args))
     _, runs, _ = script.read_plan(tmp_path / "plan.yaml", out)
-    for run in runs:
+    for run in runs[:2]:
         script.train(run, str(tmp_path / "base.yaml"), "unused", "cpu")
     assert called == []  # finished and averaged: nothing trained again
