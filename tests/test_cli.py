@@ -1,5 +1,6 @@
 """Tests for the `encdec` command: every verb end to end, help texts, and one-line errors."""
 
+import importlib.metadata
 import io
 import json
 import logging
@@ -390,3 +391,13 @@ def test_a_stopped_run_says_how_to_go_on_once(tmp_path, monkeypatch, capsys):
     assert err.count("continue with `encdec train --resume") == 1, err
     log_text = (tmp_path / "run" / "train.log").read_text(encoding="utf-8")
     assert log_text.count("continue with `encdec train --resume") == 1
+
+
+def test_the_version_comes_from_pyproject_when_encdec_runs_uninstalled(monkeypatch):
+    import encdec
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(encdec, "version", not_installed)
+    assert encdec._version() == importlib.metadata.version("encdec")

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import version
+import re
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from encdec.errors import EncdecError
@@ -18,7 +20,19 @@ if TYPE_CHECKING:
     from encdec.translator import Translator
 
 __all__ = ["Config", "EncdecError", "Translator", "load_config", "train"]
-__version__ = version("encdec")  # from pyproject.toml, as installed
+
+
+def _version() -> str:
+    """The installed version, or the checkout's when src/ is used without installing it."""
+    try:
+        return version("encdec")
+    except PackageNotFoundError:  # e.g. PYTHONPATH=src on a machine that cannot pip install
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+        found = re.search(r'^version = "(.+)"$', pyproject.read_text(encoding="utf-8"), re.M)
+        return found.group(1)
+
+
+__version__ = _version()
 
 # public name -> the module that defines it
 _LAZY = {

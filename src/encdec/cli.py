@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 import tempfile
-from importlib.metadata import version
 from pathlib import Path
 
+import encdec
 from encdec import data
 from encdec.config import from_dict, load_config
 from encdec.devices import DEVICE_HELP
@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Recurrent encoder-decoder models for machine translation.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version('encdec')}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {encdec.__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 

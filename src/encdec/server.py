@@ -13,7 +13,6 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from importlib.metadata import version
 from importlib.resources import files
 
 import torch
@@ -28,6 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import encdec
 from encdec.data import split_lines
 from encdec.ensemble import Ensemble
 from encdec.errors import EncdecError
@@ -195,7 +195,7 @@ def model_info(translator: Translator) -> dict:
     """What GET /info says about the model; an ensemble counts all its members' parameters."""
     config, model, rescorer = translator.config, translator.model, translator.rescorer
     return {
-        "encdec_version": version("encdec"),
+        "encdec_version": encdec.__version__,
         "source_language": config.data.src_lang,
         "target_language": config.data.trg_lang,
         "models": _model_count(model),
