@@ -96,3 +96,15 @@ def test_the_plan_trains_averages_and_scores_then_keeps_finished_runs(tmp_path, 
     for run in runs[:2]:
         script.train(run, str(tmp_path / "base.yaml"), "unused", "cpu")
     assert called == []  # finished and averaged: nothing trained again
+
+
+def test_every_run_of_the_issue_plan_is_a_valid_config(multi30k_dir, monkeypatch):
+    from encdec.config import load_config
+
+    monkeypatch.chdir(SCRIPT.parent.parent)  # the plan names its base config from the repo root
+    plan = SCRIPT.with_name("ablation.yaml")
+    base, runs, decodings = load_script().read_plan(plan, Path("unused"))
+    for run in runs:
+        load_config(base, [*run.overrides, f"data.data_dir={multi30k_dir}"])
+    assert {run.pair for run in runs} == {"de-en", "en-de", "fr-en"}
+    assert len(decodings) > len(runs)
