@@ -78,9 +78,9 @@ def test_the_plan_trains_averages_and_scores_then_keeps_finished_runs(tmp_path, 
     assert "run as-configured/broken failed" in done.stdout and str(broken_log) in done.stdout
     assert "must be one of" in broken_log.read_text() and "forward+broken" not in done.stdout
     rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
-    assert [(row["decoding"], row["split"]) for row in rows] == [
-        ("forward", "valid"),
+    assert sorted((row["decoding"], row["split"]) for row in rows) == [
         ("backward", "valid"),
+        ("forward", "valid"),
         ("forward<backward", "valid"),
     ]
     assert all(0 <= row["bleu"] <= 100 and row["loss"] > 0 for row in rows)
@@ -108,3 +108,36 @@ def test_every_run_of_the_issue_plan_is_a_valid_config(multi30k_dir, monkeypatch
         load_config(base, [*run.overrides, f"data.data_dir={multi30k_dir}"])
     assert {run.pair for run in runs} == {"de-en", "en-de", "fr-en"}
     assert len(decodings) > len(runs)
+
+
+def test_test_is_scored_once_per_pair_for_the_decoding_best_on_valid(tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, str(SCRIPT), str(write_plan(tmp_path, PLAN)), "--out", str(out)]
+    done = subprocess.run(
+        [*command, "--device", "cpu", "--runs", "forward", "--test"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (out / "as-configured" / "backward").exists()  # --runs left it out
+    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert [(row["decoding"], row["split"]) for row in rows] == [
+        ("forward", "valid"),
+        ("forward", "test"),
+    ]
+
+
+def test_the_best_decoding_on_valid_is_chosen_per_pair():
+    script = load_script()
+    decodings = [
+        script.Decoding(pair, name, [name], [], 0.0)
+        for pair, name in [("de-en", "a"), ("de-en", "b"), ("fr-en", "a"), ("fr-en", "c")]
+    ]
+    bleus = [{"bleu": 30.0}, {"bleu": 31.5}, {"bleu": 40.0}, {"error": "failed"}]
+    valid = {id(decoding): result for decoding, result in zip(decodings, bleus)}
+    chosen = script.best_on_valid(decodings, valid)
+    assert [(decoding.pair, decoding.name) for decoding in chosen] == [
+        ("de-en", "b"),
+        ("fr-en", "a"),
+    ]
