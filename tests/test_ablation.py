@@ -141,3 +141,25 @@ def test_the_best_decoding_on_valid_is_chosen_per_pair():
         ("de-en", "b"),
         ("fr-en", "a"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("recipe", "pair", "run_name", "settings"),
+    [
+        ("multi30k_attention_bpe.yaml", "de-en", "bpe_wd", []),
+        ("multi30k_attention_bpe.yaml", "de-en", "bpe_wd_seed2", ["training.seed=2"]),
+        ("multi30k_attention_bpe.yaml", "de-en", "bpe_r2l", ["data.reverse_trg=true"]),
+        ("multi30k_attention_bpe_big.yaml", "en-de", "bpe_wd_big", []),
+        ("multi30k_attention_bpe_big.yaml", "en-de", "bpe_big_r2l", ["data.reverse_trg=true"]),
+        ("multi30k_attention_r2l.yaml", "fr-en", "r2l", ["data.src_lang=fr"]),
+    ],
+)
+def test_each_recipe_config_is_the_plan_run_it_was_measured_as(recipe, pair, run_name, settings):
+    from encdec.config import load_config
+
+    repo = SCRIPT.parent.parent
+    base, runs, _ = load_script().read_plan(SCRIPT.with_name("ablation.yaml"), Path("unused"))
+    (measured,) = [run for run in runs if (run.pair, run.name) == (pair, run_name)]
+    assert load_config(repo / "configs" / recipe, settings) == load_config(
+        repo / base, measured.overrides
+    )

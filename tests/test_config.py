@@ -29,7 +29,8 @@ def write(folder: Path, text: str) -> Path:
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.name)
 def test_every_recipe_loads_and_builds_its_model(path):
     config = load_config(path)
-    model = build_model(config.model, src_vocab_size=30, trg_vocab_size=40)
+    src_vocab_size = 40 if config.model.share_embeddings else 30  # one joint vocabulary
+    model = build_model(config.model, src_vocab_size=src_vocab_size, trg_vocab_size=40)
     assert model.decoder.fc_out.out_features == 40
     if config.decoding.unk_replace:  # it copies the source word that attention points at
         assert model.decoder.attention is not None
