@@ -5,10 +5,13 @@ base with `--set` overrides) and the decodings (runs' averaged checkpoints as an
 rescored by other runs). Every run and decoding is scored on valid, where choices are made;
 `--test` then scores test once per pair, for the decoding best on valid. A second call goes on
 where the first stopped: finished runs are kept, interrupted ones resumed. On one GPU the runs
-share the card (a recipe alone leaves most of it idle); on the CPU use `--parallel 1`.
+share the card (a recipe alone leaves most of it idle): start the CUDA MPS daemon first
+(`nvidia-cuda-mps-control -d`) so that their kernels run at the same time; 9 runs of the
+attention recipe took 2.7 min on one H200 that way (docs/results.md). On the CPU use
+`--parallel 1`.
 
     python benchmarks/ablation.py benchmarks/ablation.yaml --data-dir ../shared/data/multi30k \\
-        --out runs/ablation --device cuda --parallel 8
+        --out runs/ablation --device cuda --parallel 6 --pairs de-en,fr-en --runs base,wd,r2l
 """
 
 from __future__ import annotations
