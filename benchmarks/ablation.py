@@ -3,8 +3,9 @@
 A plan (YAML, see benchmarks/ablation.yaml) names a base config, the language pairs, the runs (the
 base with `--set` overrides) and the decodings (runs' averaged checkpoints as an ensemble, maybe
 rescored by other runs). Every run and decoding is scored on valid, where choices are made;
-`--test` then scores test once per pair, for the decoding best on valid. A second call goes on
-where the first stopped: finished runs are kept, interrupted ones resumed. On one GPU the runs
+`--test` then scores test once per pair, for the decoding best on valid, and writes its
+translations to OUT/PAIR/test.DECODING.txt. A second call goes on where the first stopped:
+finished runs are kept, interrupted ones resumed. On one GPU the runs
 share the card (a recipe alone leaves most of it idle): start the CUDA MPS daemon first
 (`nvidia-cuda-mps-control -d`) so that their kernels run at the same time; 9 runs of the
 attention recipe took 2.7 min on one H200 that way (docs/results.md). On the CPU use
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -139,10 +141,18 @@ def score(decoding: Decoding, out: Path, split: str, data_dir: str | None, devic
             "--rescore-weight",
             str(decoding.rescore_weight),
         ]
+    if split == "test":  # the chosen recipe's translations, to read and to quote
+        command += ["--output", test_translations(decoding, out)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": f"encdec evaluate failed: {done.stderr.strip()[-500:]}"}
     return json.loads(done.stdout)
+
+
+def test_translations(decoding: Decoding, out: Path) -> Path:
+    """Where a decoding's test translations go: its name with only safe characters in it."""
+    safe_name = re.sub(r"[^\w.-]", "_", decoding.name)
+    return out / decoding.pair / f"test.{safe_name}.txt"
 
 
 def score_all(

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from encdec.data import toy_phrases
+
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "ablation.py"
 TOY_BASE = {
     "data": {"dataset": "toy", "src_lang": "en", "trg_lang": "es", "min_freq": 1},
@@ -126,6 +128,8 @@ def test_test_is_scored_once_per_pair_for_the_decoding_best_on_valid(tmp_path):
         ("forward", "valid"),
         ("forward", "test"),
     ]
+    translations = (out / "as-configured" / "test.forward.txt").read_text(encoding="utf-8")
+    assert translations.count("\n") == len(toy_phrases()["test"])
 
 
 def test_the_best_decoding_on_valid_is_chosen_per_pair():

@@ -287,6 +287,24 @@ def test_a_run_folder_means_its_best_pt(demo_checkpoint, tmp_path, monkeypatch, 
     assert main(["average", str(run_dir), str(run_dir), "--output", str(tmp_path / "avg.pt")]) == 0
 
 
+def test_evaluate_writes_the_translations_it_scored(demo_checkpoint, tmp_path, capsys):
+    from encdec.metrics import bleu
+
+    source, reference = tmp_path / "src.en", tmp_path / "ref.es"
+    source.write_text("let's go\nthank you\nwhere is the cat\n", encoding="utf-8")
+    reference.write_text("vamos\ngracias\ndónde está el gato\n", encoding="utf-8")
+    written = tmp_path / "hypotheses.es"
+    argv = ["evaluate", str(demo_checkpoint), "--src", str(source), "--ref", str(reference)]
+    assert main([*argv, "--output", str(written), "--json", "--device", "cpu"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert "translations" not in scores
+    assert main(["translate", str(demo_checkpoint), "--input", str(source), "--device", "cpu"]) == 0
+    translations = written.read_text(encoding="utf-8")
+    assert translations == capsys.readouterr().out and translations.count("\n") == 3
+    references = reference.read_text(encoding="utf-8").splitlines()
+    assert bleu(translations.splitlines(), references) == pytest.approx(scores["bleu"])
+
+
 def test_a_folder_without_best_pt_is_a_one_line_error_naming_it(tmp_path, monkeypatch, capsys):
     stdin_of(monkeypatch, b"Ein Hund.\n")
     assert main(["translate", str(tmp_path)]) == 2

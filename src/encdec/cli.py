@@ -261,7 +261,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if pairs is None:
             raise EncdecError(f"the checkpoint's data config names no '{args.split}' split")
     with silence_bars(args.quiet):
-        scores = translator.evaluate(pairs, **_decoding_options(args))
+        scores = translator.evaluate(
+            pairs, with_translations=bool(args.output), **_decoding_options(args)
+        )
+    if args.output:
+        from encdec.checkpoint import atomic_file
+
+        translations = scores.pop("translations")
+        with atomic_file(args.output) as file:
+            file.write("".join(line + "\n" for line in translations).encode("utf-8"))
     if args.json:
         print(json.dumps(scores))
     else:
@@ -431,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--data-dir", help="Multi30k folder (default: as trained)")
     evaluate_parser.add_argument("--src", help="source file to score instead of a split")
     evaluate_parser.add_argument("--ref", help="reference translations of --src")
+    evaluate_parser.add_argument(
+        "--output", help="also write the translations scored here, one a line (atomically)"
+    )
     evaluate_parser.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate_parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     _add_decoding_options(evaluate_parser)

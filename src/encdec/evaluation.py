@@ -72,11 +72,13 @@ def evaluate(
     pairs: Sequence[tuple[str, str]],
     seed: int | None = None,
     description: str = "",
+    with_translations: bool = False,
     **options,
 ) -> dict:
     """Loss and perplexity (teacher forcing off), BLEU, tokenized BLEU and chrF on `pairs`.
 
-    `seed` and `options` are decoding settings, as for `Translator.translations`.
+    `seed` and `options` are decoding settings, as for `Translator.translations`. With
+    `with_translations`, "translations" holds the strings scored, one per pair.
     """
     sources = [source for source, _ in pairs]
     references = [reference for _, reference in pairs]
@@ -94,7 +96,7 @@ def evaluate(
     best = [sentence_translations[0] for sentence_translations in translations]
     to_words = translator.trg_tokenizer.to_words
     hypotheses = [translation.text for translation in best]
-    return {
+    scores = {
         "loss": loss,
         "ppl": perplexity(loss),
         "bleu": bleu(hypotheses, references),
@@ -104,3 +106,4 @@ def evaluate(
         ),
         "chrf": chrf(hypotheses, references),
     }
+    return scores | {"translations": hypotheses} if with_translations else scores
