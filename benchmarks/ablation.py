@@ -5,11 +5,10 @@ base with `--set` overrides) and the decodings (runs' averaged checkpoints as an
 rescored by other runs). Every run and decoding is scored on valid, where choices are made;
 `--test` then scores test once per pair, for the decoding best on valid, and writes its
 translations to OUT/PAIR/test.DECODING.txt. A second call goes on where the first stopped:
-finished runs are kept, interrupted ones resumed. On one GPU the runs
-share the card (a recipe alone leaves most of it idle): start the CUDA MPS daemon first
-(`nvidia-cuda-mps-control -d`) so that their kernels run at the same time; 9 runs of the
-attention recipe took 2.7 min on one H200 that way (docs/results.md). On the CPU use
-`--parallel 1`.
+finished runs are kept, interrupted ones resumed. On one GPU the runs share the card (a recipe
+alone leaves most of it idle): start the CUDA MPS daemon first (`nvidia-cuda-mps-control -d`)
+so that their kernels run at the same time; 9 runs of the attention recipe took 2.7 min on one
+H200 that way (docs/results.md). On the CPU use `--parallel 1`.
 
     python benchmarks/ablation.py benchmarks/ablation.yaml --data-dir ../shared/data/multi30k \\
         --out runs/ablation --device cuda --parallel 6 --pairs de-en,fr-en --runs base,wd,r2l
@@ -237,12 +236,11 @@ def main() -> None:
     run_names = {(run.pair, run.name) for run in runs}
     print(f"{'pair':<14} {'decoding':<24} {'split':<6} {'BLEU':>6} {'chrF':>6}  training min")
     valid = score_all(usable, "valid", args, run_names)
-    errors = [result for result in valid.values() if "error" in result]
+    results = list(valid.values())
     if args.test:
-        test = score_all(best_on_valid(usable, valid), "test", args, run_names)
-        errors += [result for result in test.values() if "error" in result]
+        results += score_all(best_on_valid(usable, valid), "test", args, run_names).values()
     print(f"wall clock of this call: {(time.perf_counter() - start) / 60:.1f} min")
-    if failed or errors:
+    if failed or any("error" in result for result in results):
         sys.exit(1)
 
 

@@ -303,6 +303,11 @@ def test_evaluate_writes_the_translations_it_scored(demo_checkpoint, tmp_path, c
     assert translations == capsys.readouterr().out and translations.count("\n") == 3
     references = reference.read_text(encoding="utf-8").splitlines()
     assert bleu(translations.splitlines(), references) == pytest.approx(scores["bleu"])
+    nowhere = tmp_path / "missing" / "hypotheses.es"  # refused before anything is scored
+    assert main([*argv, "--output", str(nowhere), "--device", "cpu"]) == 2
+    assert_one_line_error(
+        capsys.readouterr().err, "evaluate", f"folder {nowhere.parent} does not exist"
+    )
 
 
 def test_a_folder_without_best_pt_is_a_one_line_error_naming_it(tmp_path, monkeypatch, capsys):

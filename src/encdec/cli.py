@@ -178,7 +178,12 @@ def _translated_text(args: argparse.Namespace) -> str:
         source = data.read_stream_lines(sys.stdin.buffer, "stdin")
     with silence_bars(args.quiet):
         translations = translator.translate(source, seed=args.seed, **_decoding_options(args))
-    return "".join(line + "\n" for line in translations)
+    return _text_of_lines(translations)
+
+
+def _text_of_lines(lines: list[str]) -> str:
+    """Lines as one text, each ended by a newline: what --output files hold."""
+    return "".join(line + "\n" for line in lines)
 
 
 def _decoding_options(args: argparse.Namespace) -> dict:
@@ -242,6 +247,19 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    if not args.output:
+        _print_scores(args, _scores(args, with_translations=False))
+        return
+    from encdec.checkpoint import atomic_file
+
+    with atomic_file(args.output) as file:  # a bad --output path fails before scoring
+        scores = _scores(args, with_translations=True)
+        file.write(_text_of_lines(scores.pop("translations")).encode("utf-8"))
+    _print_scores(args, scores)
+
+
+def _scores(args: argparse.Namespace, with_translations: bool) -> dict:
+    """`Translator.evaluate` of the checkpoint on --src/--ref or on the split."""
     from encdec.corpus import read_splits
     from encdec.translator import Translator
 
@@ -261,15 +279,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if pairs is None:
             raise EncdecError(f"the checkpoint's data config names no '{args.split}' split")
     with silence_bars(args.quiet):
-        scores = translator.evaluate(
-            pairs, with_translations=bool(args.output), **_decoding_options(args)
+        return translator.evaluate(
+            pairs, with_translations=with_translations, **_decoding_options(args)
         )
-    if args.output:
-        from encdec.checkpoint import atomic_file
 
-        translations = scores.pop("translations")
-        with atomic_file(args.output) as file:
-            file.write("".join(line + "\n" for line in translations).encode("utf-8"))
+
+def _print_scores(args: argparse.Namespace, scores: dict) -> None:
     if args.json:
         print(json.dumps(scores))
     else:
