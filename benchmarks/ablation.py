@@ -1,8 +1,9 @@
 """Quality levers side by side: train a plan's runs, several at once, then score its decodings.
 
 A plan (YAML, see benchmarks/ablation.yaml) names a base config, the language pairs, the runs (the
-base with `--set` overrides) and the decodings (runs' averaged checkpoints as an ensemble, maybe
-rescored by other runs). Every run and decoding is scored on valid, where choices are made;
+base with `--set` overrides; a run may start from another's by naming it) and the decodings (runs'
+averaged checkpoints as an ensemble, maybe rescored by other runs, with more `encdec evaluate`
+options). Every run and decoding is scored on valid, where choices are made;
 `--test` then scores test once per pair, for the decoding best on valid, and writes its
 translations to OUT/PAIR/test.DECODING.txt. A second call goes on where the first stopped:
 finished runs are kept, interrupted ones resumed. On one GPU the runs share the card (a recipe
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -45,6 +46,23 @@ class Decoding:
     ensemble: list[str]  # run names
     rescore: list[str]
     rescore_weight: float
+    # more `encdec evaluate` options, e.g. ["--length-penalty", "1.2"]
+    options: list[str] = field(default_factory=list)
+
+
+def run_settings(runs: dict, name: str, path: Path, seen: tuple = ()) -> list[str]:
+    """A run's `--set` overrides: an item without "=" names a run whose overrides come first."""
+    if name in seen:
+        raise SystemExit(f"{path}: run {name!r} extends itself: {' -> '.join((*seen, name))}")
+    settings = []
+    for item in runs[name] or []:
+        if "=" in item:
+            settings.append(item)
+        elif item in runs:
+            settings += run_settings(runs, item, path, (*seen, name))
+        else:
+            raise SystemExit(f"{path}: run {name!r}: {item!r} is neither KEY=VALUE nor a run")
+    return settings
 
 
 def read_plan(path: Path, out: Path) -> tuple[str, list[Run], list[Decoding]]:
@@ -55,9 +73,10 @@ def read_plan(path: Path, out: Path) -> tuple[str, list[Run], list[Decoding]]:
         pair_overrides = [
             f"data.{side}_lang={lang}" for side, lang in zip(["src", "trg"], languages)
         ]
-        for name, overrides in plan["runs"].items():
+        for name in plan["runs"]:
             folder = out / pair / name
-            runs.append(Run(pair, name, [*pair_overrides, *(overrides or [])], folder))
+            overrides = run_settings(plan["runs"], name, path)
+            runs.append(Run(pair, name, [*pair_overrides, *overrides], folder))
             decodings.append(Decoding(pair, name, [name], [], 0.0))  # each run alone
         for name, decoding in (plan.get("decodings") or {}).items():
             unknown = {*decoding["ensemble"], *decoding.get("rescore", [])} - set(plan["runs"])
@@ -70,6 +89,7 @@ def read_plan(path: Path, out: Path) -> tuple[str, list[Run], list[Decoding]]:
                     decoding["ensemble"],
                     decoding.get("rescore", []),
                     float(decoding.get("rescore_weight", 0.5)),
+                    [str(option) for option in decoding.get("options", [])],
                 )
             )
     return plan["base"], runs, decodings
@@ -140,6 +160,7 @@ def score(decoding: Decoding, out: Path, split: str, data_dir: str | None, devic
             "--rescore-weight",
             str(decoding.rescore_weight),
         ]
+    command += decoding.options
     if split == "test":  # the chosen recipe's translations, to read and to quote
         command += ["--output", test_translations(decoding, out)]
     done = subprocess.run(command, capture_output=True, text=True)

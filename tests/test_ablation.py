@@ -55,6 +55,47 @@ def test_each_pair_gets_its_languages_and_each_run_is_scored_alone(tmp_path):
     assert names.count(("de-en", "forward")) == 1 and ("fr-en", "forward<backward") in names
 
 
+def test_a_run_that_names_another_starts_from_its_overrides(tmp_path):
+    runs = {
+        "wd": ["model.word_dropout=0.1"],
+        "big": ["wd", "model.hidden_dim=64"],
+        "big_r2l": ["big", "data.reverse_trg=true"],
+    }
+    _, planned, _ = load_script().read_plan(write_plan(tmp_path, {"runs": runs}), tmp_path)
+    assert planned[2].overrides == [
+        "model.word_dropout=0.1",
+        "model.hidden_dim=64",
+        "data.reverse_trg=true",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("runs", "message"),
+    [
+        ({"a": ["b"], "b": ["a"]}, r"run 'a' extends itself: a -> b -> a"),
+        ({"a": ["seed2"]}, r"run 'a': 'seed2' is neither KEY=VALUE nor a run"),
+    ],
+)
+def test_a_run_that_names_no_run_or_itself_is_refused(tmp_path, runs, message):
+    with pytest.raises(SystemExit, match=message):
+        load_script().read_plan(write_plan(tmp_path, {"runs": runs}), tmp_path)
+
+
+def test_a_decodings_options_reach_encdec_evaluate(tmp_path, monkeypatch):
+    plan = {**PLAN, "decodings": {"lp": {"ensemble": ["forward"], "options": ["--beam", 3]}}}
+    script = load_script()
+    _, _, decodings = script.read_plan(write_plan(tmp_path, plan), tmp_path)
+    commands = []
+
+    def evaluate(command, **kwargs):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0, stdout='{"bleu": 1.0}')
+
+    monkeypatch.setattr(script.subprocess, "run", evaluate)
+    assert script.score(decodings[-1], tmp_path, "valid", None, "cpu") == {"bleu": 1.0}
+    assert commands[0][-2:] == ["--beam", "3"]
+
+
 def test_a_decoding_that_names_no_run_is_refused(tmp_path):
     bad = {**PLAN, "decodings": {"x": {"ensemble": ["forward", "sideways"]}}}
     with pytest.raises(SystemExit, match=r"decoding 'x' names no run \['sideways'\]"):
