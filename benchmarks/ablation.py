@@ -67,15 +67,15 @@ def run_settings(runs: dict, name: str, path: Path, seen: tuple = ()) -> list[st
 
 def read_plan(path: Path, out: Path) -> tuple[str, list[Run], list[Decoding]]:
     plan = yaml.safe_load(path.read_text(encoding="utf-8"))
+    settings = {name: run_settings(plan["runs"], name, path) for name in plan["runs"]}
     runs, decodings = [], []
     for pair in plan.get("pairs") or ["as-configured"]:
         languages = [] if pair == "as-configured" else pair.split("-")
         pair_overrides = [
             f"data.{side}_lang={lang}" for side, lang in zip(["src", "trg"], languages)
         ]
-        for name in plan["runs"]:
+        for name, overrides in settings.items():
             folder = out / pair / name
-            overrides = run_settings(plan["runs"], name, path)
             runs.append(Run(pair, name, [*pair_overrides, *overrides], folder))
             decodings.append(Decoding(pair, name, [name], [], 0.0))  # each run alone
         for name, decoding in (plan.get("decodings") or {}).items():
