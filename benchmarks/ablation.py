@@ -2,14 +2,14 @@
 
 A plan (YAML, see benchmarks/ablation.yaml) names a base config, the language pairs, the runs (the
 base with `--set` overrides; a run may start from another's by naming it) and the decodings (runs'
-averaged checkpoints as an ensemble, maybe rescored by other runs, with more `encdec evaluate`
-options). Every run and decoding is scored on valid, where choices are made;
-`--test` then scores test once per pair, for the decoding best on valid, and writes its
-translations to OUT/PAIR/test.DECODING.txt. A second call goes on where the first stopped:
-finished runs are kept, interrupted ones resumed. On one GPU the runs share the card (a recipe
-alone leaves most of it idle): start the CUDA MPS daemon first (`nvidia-cuda-mps-control -d`)
-so that their kernels run at the same time; 9 runs of the attention recipe took 2.7 min on one
-H200 that way (docs/results.md). On the CPU use `--parallel 1`.
+averaged checkpoints as an ensemble, maybe rescored by other runs and by channel runs of the
+pair that translates the other way, with more `encdec evaluate` options). Every run and decoding
+is scored on valid, where choices are made; `--test` then scores test once per pair, for the
+decoding best on valid, and writes its translations to OUT/PAIR/test.DECODING.txt. A second call
+goes on where the first stopped: finished runs are kept, interrupted ones resumed. On one GPU the
+runs share the card (a recipe alone leaves most of it idle): start the CUDA MPS daemon first
+(`nvidia-cuda-mps-control -d`) so that their kernels run at the same time; 9 runs of the attention
+recipe took 2.7 min on one H200 that way (docs/results.md). On the CPU use `--parallel 1`.
 
     python benchmarks/ablation.py benchmarks/ablation.yaml --data-dir ../shared/data/multi30k \\
         --out runs/ablation --device cuda --parallel 6 --pairs de-en,fr-en --runs base,wd,r2l
@@ -48,6 +48,18 @@ class Decoding:
     rescore_weight: float
     # more `encdec evaluate` options, e.g. ["--length-penalty", "1.2"]
     options: list[str] = field(default_factory=list)
+    channel: list[str] = field(default_factory=list)  # runs of the mirrored pair (en-de: de-en)
+    channel_weight: float = 0.3
+
+    def runs(self) -> list[tuple[str, str]]:
+        """The (pair, run name) of every run it needs."""
+        own = [(self.pair, name) for name in self.ensemble + self.rescore]
+        return own + [(mirrored(self.pair), name) for name in self.channel]
+
+
+def mirrored(pair: str) -> str:
+    """The pair that translates the other way: de-en for en-de."""
+    return "-".join(reversed(pair.split("-")))
 
 
 def run_settings(runs: dict, name: str, path: Path, seen: tuple = ()) -> list[str]:
@@ -79,9 +91,19 @@ def read_plan(path: Path, out: Path) -> tuple[str, list[Run], list[Decoding]]:
             runs.append(Run(pair, name, [*pair_overrides, *overrides], folder))
             decodings.append(Decoding(pair, name, [name], [], 0.0))  # each run alone
         for name, decoding in (plan.get("decodings") or {}).items():
-            unknown = {*decoding["ensemble"], *decoding.get("rescore", [])} - set(plan["runs"])
+            named = {
+                *decoding["ensemble"],
+                *decoding.get("rescore", []),
+                *decoding.get("channel", []),
+            }
+            unknown = named - set(plan["runs"])
             if unknown:
                 raise SystemExit(f"{path}: decoding {name!r} names no run {sorted(unknown)}")
+            if decoding.get("channel") and not languages:
+                raise SystemExit(
+                    f"{path}: decoding {name!r} needs pairs: its channel runs "
+                    "translate the other way"
+                )
             decodings.append(
                 Decoding(
                     pair,
@@ -90,6 +112,8 @@ def read_plan(path: Path, out: Path) -> tuple[str, list[Run], list[Decoding]]:
                     decoding.get("rescore", []),
                     float(decoding.get("rescore_weight", 0.5)),
                     [str(option) for option in decoding.get("options", [])],
+                    decoding.get("channel", []),
+                    float(decoding.get("channel_weight", 0.3)),
                 )
             )
     return plan["base"], runs, decodings
@@ -160,6 +184,10 @@ def score(decoding: Decoding, out: Path, split: str, data_dir: str | None, devic
             "--rescore-weight",
             str(decoding.rescore_weight),
         ]
+    if decoding.channel:
+        channels = [checkpoint(out, mirrored(decoding.pair), name) for name in decoding.channel]
+        command += ["--channel", *map(str, channels), "--channel-weight"]
+        command += [str(decoding.channel_weight)]
     command += decoding.options
     if split == "test":  # the chosen recipe's translations, to read and to quote
         command += ["--output", test_translations(decoding, out)]
@@ -240,7 +268,7 @@ def main() -> None:
         decodings = [
             decoding
             for decoding in decodings
-            if wanted.issuperset(decoding.ensemble + decoding.rescore)
+            if wanted.issuperset(name for _, name in decoding.runs())
         ]
     os.environ.setdefault("OMP_NUM_THREADS", "2")  # runs side by side share the cores
     start = time.perf_counter()
@@ -249,11 +277,7 @@ def main() -> None:
     failed = {(run.pair, run.name): error for run, error in zip(runs, errors) if error}
     for (pair, name), error in failed.items():
         print(f"run {pair}/{name} failed, and every decoding that needs it is left out: {error}")
-    usable = [
-        decoding
-        for decoding in decodings
-        if not any((decoding.pair, name) in failed for name in decoding.ensemble + decoding.rescore)
-    ]
+    usable = [decoding for decoding in decodings if not failed.keys() & set(decoding.runs())]
     run_names = {(run.pair, run.name) for run in runs}
     print(f"{'pair':<14} {'decoding':<24} {'split':<6} {'BLEU':>6} {'chrF':>6}  training min")
     valid = score_all(usable, "valid", args, run_names)

@@ -64,3 +64,22 @@ def demo_checkpoint(tmp_path_factory) -> Path:
     with torch_threads(1):  # on the CPU: tests expect what it learns there
         train(from_dict(DEMO_CONFIG), out_dir, quiet=True, device="cpu")
     return out_dir / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def channel_checkpoint(tmp_path_factory) -> Path:
+    """best.pt of the demo model trained the other way (Spanish->English): a channel model."""
+    from encdec.cli import DEMO_CONFIG
+    from encdec.config import from_dict
+    from encdec.data import toy_phrases
+    from encdec.training import train
+
+    folder = tmp_path_factory.mktemp("channel_run")
+    data = {"dataset": "files", "src_lang": "es", "trg_lang": "en", "min_freq": 1}
+    for split, pairs in toy_phrases().items():
+        tsv = folder / f"{split}.tsv"
+        tsv.write_text("".join(f"{spanish}\t{english}\n" for english, spanish in pairs))
+        data[f"{split}_tsv"] = str(tsv)
+    with torch_threads(1):
+        train(from_dict({**DEMO_CONFIG, "data": data}), folder / "run", quiet=True, device="cpu")
+    return folder / "run" / "best.pt"

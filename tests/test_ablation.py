@@ -96,6 +96,35 @@ def test_a_decodings_options_reach_encdec_evaluate(tmp_path, monkeypatch):
     assert commands[0][-2:] == ["--beam", "3"]
 
 
+def test_a_decodings_channel_runs_come_from_the_pair_that_translates_the_other_way(
+    tmp_path, monkeypatch
+):
+    channel = {"ensemble": ["forward"], "channel": ["forward"], "channel_weight": 0.2}
+    plan = {**PLAN, "pairs": ["en-de", "de-en"], "decodings": {"noisy": channel}}
+    script = load_script()
+    _, _, decodings = script.read_plan(write_plan(tmp_path, plan), tmp_path)
+    noisy = next(d for d in decodings if d.pair == "en-de" and d.name == "noisy")
+    assert noisy.runs() == [("en-de", "forward"), ("de-en", "forward")]
+    commands = []
+
+    def evaluate(command, **kwargs):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0, stdout='{"bleu": 1.0}')
+
+    monkeypatch.setattr(script.subprocess, "run", evaluate)
+    script.score(noisy, tmp_path, "valid", None, "cpu")
+    at = commands[0].index("--channel")
+    assert commands[0][at : at + 4] == [
+        "--channel",
+        str(tmp_path / "de-en" / "forward" / "best.pt"),
+        "--channel-weight",
+        "0.2",
+    ]
+    as_configured = {**PLAN, "decodings": {"noisy": channel}}
+    with pytest.raises(SystemExit, match="decoding 'noisy' needs pairs"):
+        script.read_plan(write_plan(tmp_path, as_configured), tmp_path)
+
+
 def test_a_decoding_that_names_no_run_is_refused(tmp_path):
     bad = {**PLAN, "decodings": {"x": {"ensemble": ["forward", "sideways"]}}}
     with pytest.raises(SystemExit, match=r"decoding 'x' names no run \['sideways'\]"):

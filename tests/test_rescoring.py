@@ -76,9 +76,15 @@ def test_target_log_probs_are_the_scores_beam_search_found(demo_checkpoint):
     assert scores == pytest.approx([t.score for _, t in candidates], abs=1e-4)
 
 
-def test_a_model_rescoring_itself_changes_nothing(demo_checkpoint):
-    alone = Translator.load(demo_checkpoint, device="cpu")
-    rescored = Translator.load(demo_checkpoint, device="cpu", rescore_with=demo_checkpoint)
+@pytest.mark.parametrize("direction", ["left_to_right", "right_to_left"])
+def test_a_model_rescoring_itself_changes_nothing(
+    direction, demo_checkpoint, right_to_left_checkpoint
+):
+    checkpoint = {"left_to_right": demo_checkpoint, "right_to_left": right_to_left_checkpoint}
+    alone = Translator.load(checkpoint[direction], device="cpu")
+    rescored = Translator.load(
+        checkpoint[direction], device="cpu", rescore_with=checkpoint[direction]
+    )
     for plain, again in zip(
         alone.translations(SENTENCES, n_best=3, beam=3),
         rescored.translations(SENTENCES, n_best=3, beam=3),
@@ -144,4 +150,78 @@ def test_a_rescore_weight_outside_0_to_1_is_refused(demo_checkpoint, weight):
     with pytest.raises(EncdecError, match=f"rescore_weight must be from 0 to 1, not {weight}"):
         Translator.load(
             demo_checkpoint, device="cpu", rescore_with=demo_checkpoint, rescore_weight=weight
+        )
+
+
+def channel_log_probs(channel, source_tokens, candidates):
+    """The channel model's log-probability of the source, reading each candidate."""
+    examples = channel.examples([t.tokens for t in candidates], [source_tokens] * len(candidates))
+    return target_log_probs(channel.model, examples, channel.trg_vocab.pad_idx, len(candidates))
+
+
+@pytest.mark.parametrize("with_rescorer", [False, True])
+def test_a_channel_model_adds_its_log_probability_of_the_source_to_the_ranking(
+    with_rescorer, demo_checkpoint, right_to_left_checkpoint, channel_checkpoint
+):
+    beam, channel_weight, rescore_weight = 4, 0.3, 0.2 if with_rescorer else 0.0
+    forwards = Translator.load(demo_checkpoint, device="cpu")
+    plain = forwards.translations(SENTENCES, n_best=beam, beam=beam)
+    channel = Translator.load(channel_checkpoint, device="cpu")
+    backwards = Translator.load(right_to_left_checkpoint, device="cpu")
+    if with_rescorer:
+        forwards.rescore_with(backwards, rescore_weight)
+    reranked = forwards.channel_with(channel, channel_weight).translations(
+        SENTENCES, n_best=beam, beam=beam
+    )
+    source_tokens = forwards.src_tokenizer.tokenize_many(SENTENCES)
+    for sentence_tokens, candidates, got in zip(source_tokens, plain, reranked):
+        explains = channel_log_probs(channel, sentence_tokens, candidates)
+        examples = backwards.examples([sentence_tokens] * beam, [t.tokens for t in candidates])
+        second = target_log_probs(backwards.model, examples, backwards.trg_vocab.pad_idx, beam)
+        own_weight = 1 - channel_weight - rescore_weight
+        mixed = [
+            own_weight * t.score + channel_weight * c + rescore_weight * r
+            for t, c, r in zip(candidates, explains, second)
+        ]
+        assert sorted(t.score for t in got) == pytest.approx(sorted(mixed), abs=1e-4)
+        penalty = forwards.config.decoding.length_penalty
+        ranks = [t.score / (len(t.tokens) + 1) ** penalty for t in got]
+        assert ranks == sorted(ranks, reverse=True)
+    orders = [[t.text for t in ts] for ts in plain], [[t.text for t in ts] for ts in reranked]
+    assert orders[0] != orders[1]
+
+
+def test_the_command_line_scores_with_a_channel_model_like_the_api(
+    demo_checkpoint, channel_checkpoint, tmp_path, capsys
+):
+    pairs = toy_phrases()["train"][:30]
+    source, reference = tmp_path / "source.txt", tmp_path / "reference.txt"
+    source.write_text("".join(english + "\n" for english, _ in pairs))
+    reference.write_text("".join(spanish + "\n" for _, spanish in pairs))
+    channel = ["--channel", str(channel_checkpoint), "--channel-weight", "0.4"]
+    evaluate = ["evaluate", str(demo_checkpoint), "--src", str(source), "--ref", str(reference)]
+    assert main([*evaluate, "--json", "--device", "cpu", "--quiet", "--beam", "3", *channel]) == 0
+    api = Translator.load(
+        demo_checkpoint, device="cpu", channel=channel_checkpoint, channel_weight=0.4
+    )
+    assert json.loads(capsys.readouterr().out) == pytest.approx(api.evaluate(pairs, beam=3))
+
+
+def test_a_channel_model_must_translate_the_other_way(demo_checkpoint):
+    needs = r"data.src_lang = 'en'; a channel model for .* needs 'es': .* from es to en"
+    with pytest.raises(EncdecError, match=needs):
+        Translator.load(demo_checkpoint, device="cpu", channel=demo_checkpoint)
+
+
+def test_second_opinions_weighing_more_than_the_model_are_refused(
+    demo_checkpoint, channel_checkpoint
+):
+    with pytest.raises(EncdecError, match=r"rescore_weight \+ channel_weight must be at most 1"):
+        Translator.load(
+            demo_checkpoint,
+            device="cpu",
+            rescore_with=demo_checkpoint,
+            rescore_weight=0.6,
+            channel=channel_checkpoint,
+            channel_weight=0.5,
         )

@@ -100,7 +100,7 @@ def test_info_describes_the_model(client, demo_checkpoint):
     translator = Translator.load(demo_checkpoint, device="cpu")
     assert (info["source_language"], info["target_language"]) == ("en", "es")
     assert info["parameters"] == sum(p.numel() for p in translator.model.parameters())
-    assert info["models"] == 1 and info["rescorer"] is None
+    assert info["models"] == 1 and info["rescorer"] is None and info["channel"] is None
     assert info["source_vocabulary"] == len(translator.src_vocab)
     assert info["target_vocabulary"] == len(translator.trg_vocab)
     assert info["attention"] is False
@@ -361,11 +361,12 @@ def test_attention_comes_back_when_asked_for(attention_server):
     assert info["attention"] is True and info["attention_kind"] == "general"
 
 
-def test_an_ensemble_with_a_rescorer_serves_what_encdec_translate_gives_for_it(
-    demo_checkpoint, tmp_path_factory, tmp_path
+def test_an_ensemble_with_second_opinions_serves_what_encdec_translate_gives_for_it(
+    demo_checkpoint, channel_checkpoint, tmp_path_factory, tmp_path
 ):
     members = [demo_checkpoint, attention_checkpoint(tmp_path_factory)]  # one without attention
     rescore = ["--rescore", str(members[1]), "--rescore-weight", "0.25"]
+    rescore += ["--channel", str(channel_checkpoint), "--channel-weight", "0.15"]
     with serving(members, tmp_path / "serve.log", *rescore) as server:
         body = {"text": SENTENCES, "beam_size": 3, "attention": True}
         translations = httpx.post(f"{server.url}/translate", json=body, timeout=120).json()
@@ -375,6 +376,7 @@ def test_an_ensemble_with_a_rescorer_serves_what_encdec_translate_gives_for_it(
     alone = [Translator.load(member, device="cpu") for member in members]
     assert info["models"] == 2
     assert info["rescorer"] == {"models": 1, "weight": 0.25}
+    assert info["channel"] == {"models": 1, "weight": 0.15}
     assert info["parameters"] == sum(translator.parameter_count for translator in alone)
     rows = translations["translations"][0]["attention"]  # the attending member's
     assert abs(sum(rows[0]) - 1) < 1e-2

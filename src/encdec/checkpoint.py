@@ -162,6 +162,11 @@ TEXT_STATE_KEYS = ("src_vocab", "trg_vocab", "src_subwords", "trg_subwords")
 TEXT_SETTINGS = (*TOKEN_SETTINGS, "reverse_src", "reverse_trg")
 
 
+def _data_setting(state: dict, key: str):
+    """A checkpoint's data setting `key`; one older than the setting counts as its default."""
+    return state["config"].get("data", {}).get(key, getattr(DataConfig(), key))
+
+
 def check_same_text(
     first_path, first: dict, path, state: dict, refusal: str, settings=TEXT_SETTINGS
 ) -> None:
@@ -170,11 +175,8 @@ def check_same_text(
     A difference is an error naming both files and the key, ending with `refusal`. A setting
     that a checkpoint older than it lacks counts as its default.
     """
-    defaults = DataConfig()
-    first_data, data = first["config"].get("data", {}), state["config"].get("data", {})
     for key in settings:
-        value = data.get(key, getattr(defaults, key))
-        first_value = first_data.get(key, getattr(defaults, key))
+        value, first_value = _data_setting(state, key), _data_setting(first, key)
         if value != first_value:
             raise EncdecError(
                 f"{path} was trained with data.{key} = {value!r}, {first_path} with "
@@ -184,6 +186,25 @@ def check_same_text(
         if state.get(key) != first.get(key):
             raise EncdecError(
                 f"{path} has another {key.replace('_', ' ')} than {first_path}: {refusal}"
+            )
+
+
+def check_mirrored_text(first_path, first: dict, path, state: dict) -> None:
+    """`path` must translate the other way from `first_path` (its source language is the
+    target's) and split words alike (tokenizer, lowercase); it may have other vocabularies."""
+    expected = {
+        "src_lang": _data_setting(first, "trg_lang"),
+        "trg_lang": _data_setting(first, "src_lang"),
+        "tokenizer": _data_setting(first, "tokenizer"),
+        "lowercase": _data_setting(first, "lowercase"),
+    }
+    for key, value in expected.items():
+        found = _data_setting(state, key)
+        if found != value:
+            raise EncdecError(
+                f"{path} was trained with data.{key} = {found!r}; a channel model for "
+                f"{first_path} needs {value!r}: it translates the other way, from "
+                f"{expected['src_lang']} to {expected['trg_lang']}, with the same tokenizer"
             )
 
 

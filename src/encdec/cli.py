@@ -13,6 +13,7 @@ from encdec import data
 from encdec.config import from_dict, load_config
 from encdec.devices import DEVICE_HELP
 from encdec.errors import EncdecError
+from encdec.model_arguments import CHECKPOINT_HELP, add_model_arguments, load_translator
 from encdec.progress import silence_bars
 from encdec.serve import add_serve_parser
 
@@ -40,11 +41,6 @@ DEMO_CONFIG = {
 # Bars are drawn on stderr only when it is a terminal; --quiet turns them off there too.
 QUIET_HELP = "no progress bars on stderr"
 AS_TRAINED = " (default: the checkpoint's decoding settings)"
-CHECKPOINT_HELP = "a checkpoint (best.pt), or the run folder of encdec train that holds it"
-CHECKPOINTS_HELP = (
-    f"{CHECKPOINT_HELP}; several translate as an ensemble (the mean of their probabilities), "
-    "if trained with the same data settings"
-)
 
 DEMO_SENTENCES = [
     "good morning",
@@ -167,11 +163,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
 def _translated_text(args: argparse.Namespace) -> str:
     """The translations of --input (or stdin), one line each."""
-    from encdec.translator import Translator
-
-    translator = Translator.load(
-        args.checkpoint, args.int8, args.device, args.rescore, args.rescore_weight
-    )
+    translator = load_translator(args)
     if args.input:
         source = data.read_lines(args.input)
     else:  # bytes, decoded here, so that text that is not UTF-8 gets a clear error
@@ -201,25 +193,6 @@ def _decoding_options(args: argparse.Namespace) -> dict:
 
 def _add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
-
-
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The checkpoints that translate: an ensemble, and a second opinion that reranks its beam."""
-    parser.add_argument("checkpoint", nargs="+", help=CHECKPOINTS_HELP)
-    parser.add_argument(
-        "--rescore",
-        nargs="+",
-        metavar="CHECKPOINT",
-        help="rerank each beam with these checkpoints too, e.g. a model trained with "
-        "data.reverse_trg (several: an ensemble); same tokenization and vocabularies",
-    )
-    parser.add_argument(
-        "--rescore-weight",
-        type=float,
-        default=0.5,
-        metavar="W",
-        help="rank by (1 - W) * the model's + W * the rescorer's log-probability (default: 0.5)",
-    )
 
 
 def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
@@ -261,14 +234,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def _scores(args: argparse.Namespace, with_translations: bool) -> dict:
     """`Translator.evaluate` of the checkpoint on --src/--ref or on the split."""
     from encdec.corpus import read_splits
-    from encdec.translator import Translator
 
-    translator = Translator.load(
-        args.checkpoint,
-        device=args.device,
-        rescore_with=args.rescore,
-        rescore_weight=args.rescore_weight,
-    )
+    translator = load_translator(args)
     if args.src and args.ref:
         pairs = data.read_parallel(args.src, args.ref)
     else:
@@ -423,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     translate_parser = verb(
         "translate", "translate sentences (stdin or --input), one per line", cmd_translate
     )
-    _add_model_arguments(translate_parser)
+    add_model_arguments(translate_parser)
     translate_parser.add_argument("--input", help="file of sentences (default: stdin)")
     translate_parser.add_argument("--output", help="write here (atomically) instead of stdout")
     _add_decoding_options(translate_parser)
@@ -444,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser = verb(
         "evaluate", "loss, perplexity, BLEU and chrF of a checkpoint or an ensemble", cmd_evaluate
     )
-    _add_model_arguments(evaluate_parser)
+    add_model_arguments(evaluate_parser)
     evaluate_parser.add_argument(
         "--split",
         default="test",
@@ -493,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     average_parser.add_argument("--output", required=True, help="the averaged checkpoint to write")
     _add_plot_parser(verb)
-    add_serve_parser(verb, _add_model_arguments)
+    add_serve_parser(verb)
     return parser
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from encdec.devices import DEVICE_HELP
 from encdec.errors import EncdecError
+from encdec.model_arguments import add_model_arguments, load_translator
 
 HELP = "a JSON API and a web page that translate with a checkpoint or an ensemble (docs/serving.md)"
 
@@ -39,9 +40,8 @@ class Limits:
     max_beam_size: int = 10
 
 
-def add_serve_parser(verb, add_model_arguments) -> None:
-    """The `serve` verb and its options (`verb` is cli.build_parser's sub-parser maker;
-    `add_model_arguments` adds the checkpoints, as translate and evaluate take them)."""
+def add_serve_parser(verb) -> None:
+    """The `serve` verb and its options (`verb` is cli.build_parser's sub-parser maker)."""
     parser = verb("serve", HELP, serve)
     add_model_arguments(parser)
     parser.add_argument(
@@ -113,12 +113,9 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 def serve(args: argparse.Namespace) -> None:
     """Load the checkpoints, then answer HTTP requests until stopped."""
     from encdec.server import create_app, run
-    from encdec.translator import Translator
 
     api_key = _api_key(args.api_key_env)
-    translator = Translator.load(
-        args.checkpoint, args.int8, args.device, args.rescore, args.rescore_weight
-    )
+    translator = load_translator(args)
     limits = Limits(
         args.max_body_bytes, args.max_sentences, args.max_sentence_chars, args.max_beam_size
     )

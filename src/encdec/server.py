@@ -32,6 +32,7 @@ from encdec.data import split_lines
 from encdec.ensemble import Ensemble
 from encdec.errors import EncdecError
 from encdec.model import Seq2Seq
+from encdec.rescoring import SecondOpinion
 from encdec.serve import Limits
 from encdec.serve_queue import BatchingQueue
 from encdec.translator import Translation, Translator
@@ -191,17 +192,23 @@ def _model_count(model: Seq2Seq) -> int:
     return len(model.members) if isinstance(model, Ensemble) else 1
 
 
+def _second_opinion_info(opinion: SecondOpinion | None) -> dict | None:
+    """How many models a rescorer or channel model holds, and its weight; None without one."""
+    if opinion is None:
+        return None
+    return {"models": _model_count(opinion.translator.model), "weight": opinion.weight}
+
+
 def model_info(translator: Translator) -> dict:
     """What GET /info says about the model; an ensemble counts all its members' parameters."""
-    config, model, rescorer = translator.config, translator.model, translator.rescorer
+    config, model = translator.config, translator.model
     return {
         "encdec_version": encdec.__version__,
         "source_language": config.data.src_lang,
         "target_language": config.data.trg_lang,
         "models": _model_count(model),
-        "rescorer": None
-        if rescorer is None
-        else {"models": _model_count(rescorer.model), "weight": translator.rescore_weight},
+        "rescorer": _second_opinion_info(translator.rescorer),
+        "channel": _second_opinion_info(translator.channel),
         "parameters": translator.parameter_count,
         "source_vocabulary": len(translator.src_vocab),
         "target_vocabulary": len(translator.trg_vocab),

@@ -89,8 +89,11 @@ class Tokenizer:
 
     def tokenize_many(self, sentences: Iterable[str]) -> list[list[str]]:
         """The tokens the model reads or writes: words (or characters), or their subwords."""
-        words = self.words_many(sentences)
-        return self.subwords.split(words) if self.subwords is not None else words
+        return self.pieces_many(self.words_many(sentences))
+
+    def pieces_many(self, word_lists: list[list[str]]) -> list[list[str]]:
+        """Word lists as the tokens the model reads or writes: their subwords, or the words."""
+        return self.subwords.split(word_lists) if self.subwords is not None else word_lists
 
     def words_many(self, sentences: Iterable[str]) -> list[list[str]]:
         """Words of many sentences at once (spaCy's pipe is faster than one call each)."""

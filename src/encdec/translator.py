@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -12,13 +13,13 @@ from torch import nn
 
 from encdec import evaluation
 from encdec.batching import Example, numericalize
-from encdec.checkpoint import TOKEN_SETTINGS, check_same_text, load_checkpoint
+from encdec.checkpoint import TOKEN_SETTINGS, check_mirrored_text, check_same_text, load_checkpoint
 from encdec.config import Config, DecodingConfig, from_dict
 from encdec.devices import resolve_device
 from encdec.ensemble import Ensemble
 from encdec.errors import EncdecError
 from encdec.model import Seq2Seq, build_model
-from encdec.rescoring import check_weight, rescore
+from encdec.rescoring import SecondOpinion, check_weights, rescore
 from encdec.search import Hypothesis, decode_examples
 from encdec.tokenize import Subwords, tokenizer_pair
 from encdec.vocab import EOS, SOS, UNK, Vocab
@@ -90,14 +91,26 @@ class Translator:
         self.config = config
         self.src_vocab, self.trg_vocab = src_vocab, trg_vocab
         self.src_tokenizer, self.trg_tokenizer = tokenizer_pair(config.data, subwords)
-        self.rescorer: Translator | None = None  # a second model that reranks the beam
-        self.rescore_weight = 0.5
+        self.rescorer: SecondOpinion | None = None  # a second model that reranks the beam
+        self.channel: SecondOpinion | None = None  # a target -> source model that reranks it
+
+    @property
+    def second_opinions(self) -> list[SecondOpinion]:
+        """The models that rerank each sentence's beam: the rescorer, then the channel model."""
+        return [opinion for opinion in (self.rescorer, self.channel) if opinion is not None]
 
     def rescore_with(self, rescorer: Translator, weight: float = 0.5) -> Translator:
         """Rank each sentence's beam by (1 - weight) * this model's + weight * `rescorer`'s
         log-probability (docs/results.md: a right-to-left rescorer)."""
-        check_weight(weight)
-        self.rescorer, self.rescore_weight = rescorer, weight
+        check_weights(weight, self.channel.weight if self.channel else 0.0)
+        self.rescorer = SecondOpinion(rescorer, weight)
+        return self
+
+    def channel_with(self, channel: Translator, weight: float = 0.3) -> Translator:
+        """Add weight * `channel`'s log-probability of the source given each candidate to the
+        ranking; `channel` translates this model's target language into its source language."""
+        check_weights(self.rescorer.weight if self.rescorer else 0.0, weight)
+        self.channel = SecondOpinion(channel, weight, channel=True)
         return self
 
     @classmethod
@@ -108,28 +121,51 @@ class Translator:
         device: str = "auto",
         rescore_with: str | Path | Sequence[str | Path] | None = None,
         rescore_weight: float = 0.5,
+        *,
+        channel: str | Path | Sequence[str | Path] | None = None,
+        channel_weight: float = 0.3,
     ) -> Translator:
         """A translator from a checkpoint on `device` (auto, cpu, cuda, cuda:N).
 
         Several checkpoints make an ensemble: they must share their data settings and
         vocabularies, and the first one's decoding settings apply. `int8` quantizes the models
         for faster translation on the CPU. `rescore_with` names checkpoints (for example one
-        trained with `data.reverse_trg`) that rerank each beam: see `rescore_with`.
+        trained with `data.reverse_trg`) that rerank each beam: see `rescore_with`. `channel`
+        names checkpoints trained from the target language to the source: see `channel_with`.
         """
+        check_weights(rescore_weight if rescore_with else 0.0, channel_weight if channel else 0.0)
         paths = _as_list(path)
         states = [load_checkpoint(one_path) for one_path in paths]
         translator = cls._from_states(paths, states, int8, device)
-        if rescore_with is None:
-            return translator
-        check_weight(rescore_weight)
-        rescorer_paths = _as_list(rescore_with)
-        rescorer_states = [load_checkpoint(one_path) for one_path in rescorer_paths]
-        for rescorer_path, rescorer_state in zip(rescorer_paths, rescorer_states):
-            check_same_text(
-                paths[0], states[0], rescorer_path, rescorer_state, RESCORER_REFUSAL, TOKEN_SETTINGS
+        if rescore_with is not None:
+            check = partial(
+                check_same_text,
+                paths[0],
+                states[0],
+                refusal=RESCORER_REFUSAL,
+                settings=TOKEN_SETTINGS,
             )
-        rescorer = cls._from_states(rescorer_paths, rescorer_states, int8, device)
-        return translator.rescore_with(rescorer, rescore_weight)
+            rescorer = cls._load_checked(_as_list(rescore_with), check, int8, device)
+            translator.rescore_with(rescorer, rescore_weight)
+        if channel is not None:
+            check = partial(check_mirrored_text, paths[0], states[0])
+            channel_model = cls._load_checked(_as_list(channel), check, int8, device)
+            translator.channel_with(channel_model, channel_weight)
+        return translator
+
+    @classmethod
+    def _load_checked(
+        cls,
+        paths: list[str | Path],
+        check: Callable[[str | Path, dict], None],
+        int8: bool,
+        device: str,
+    ) -> Translator:
+        """A translator from `paths` once each checkpoint has passed `check(path, state)`."""
+        states = [load_checkpoint(one_path) for one_path in paths]
+        for one_path, state in zip(paths, states):
+            check(one_path, state)
+        return cls._from_states(paths, states, int8, device)
 
     @classmethod
     def _from_states(
@@ -188,19 +224,13 @@ class Translator:
             examples,
             self.trg_vocab,
             decoding,
-            decoding.beam_size if self.rescorer else n_best,  # a rescorer reranks the whole beam
+            decoding.beam_size if self.second_opinions else n_best,  # they rerank the whole beam
             self._generator(seed),
             src_pad_idx=self.src_vocab.pad_idx,
         )
-        if self.rescorer is not None:
-            hypotheses = rescore(
-                hypotheses,
-                source_tokens,
-                self.trg_vocab,
-                self.rescorer,
-                self.rescore_weight,
-                (decoding.length_penalty, decoding.coverage_penalty),
-            )
+        if self.second_opinions:
+            ranking = (decoding.length_penalty, decoding.coverage_penalty)
+            hypotheses = rescore(self, hypotheses, source_tokens, ranking)
         return [
             [
                 self._translation(sentence, tokens, h, decoding.unk_replace)
@@ -250,13 +280,17 @@ class Translator:
                     )
         return decoding
 
+    def reading_order(self, ids: list[int]) -> list[str]:
+        """A hypothesis's target ids as tokens in reading order (a right-to-left model's turned)."""
+        tokens = self.trg_vocab.decode(ids)
+        return tokens[::-1] if self.config.data.reverse_trg else tokens
+
     def _translation(
         self, sentence: str, source_tokens: list[str], hypothesis: Hypothesis, unk_replace: bool
     ) -> Translation:
-        tokens, attention = self.trg_vocab.decode(hypothesis.ids), hypothesis.attention
-        if self.config.data.reverse_trg:  # written right to left: back into reading order
-            tokens = tokens[::-1]
-            attention = None if attention is None else attention.flip(0)
+        tokens, attention = self.reading_order(hypothesis.ids), hypothesis.attention
+        if self.config.data.reverse_trg and attention is not None:  # rows follow the tokens
+            attention = attention.flip(0)
         # what the model read: <sos>, the (maybe reversed) source, <eos>
         read = [SOS, *(source_tokens[::-1] if self.config.data.reverse_src else source_tokens), EOS]
         if attention is not None:
