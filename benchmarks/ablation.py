@@ -104,6 +104,8 @@ def read_plan(path: Path, out: Path) -> tuple[str, list[Run], list[Decoding]]:
                     f"{path}: decoding {name!r} needs pairs: its channel runs "
                     "translate the other way"
                 )
+            if decoding.get("channel") and mirrored(pair) not in plan["pairs"]:
+                continue  # fr-en's channel runs would be en-fr's: none in the plan
             decodings.append(
                 Decoding(
                     pair,

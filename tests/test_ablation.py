@@ -100,11 +100,12 @@ def test_a_decodings_channel_runs_come_from_the_pair_that_translates_the_other_w
     tmp_path, monkeypatch
 ):
     channel = {"ensemble": ["forward"], "channel": ["forward"], "channel_weight": 0.2}
-    plan = {**PLAN, "pairs": ["en-de", "de-en"], "decodings": {"noisy": channel}}
+    plan = {**PLAN, "pairs": ["en-de", "de-en", "fr-en"], "decodings": {"noisy": channel}}
     script = load_script()
     _, _, decodings = script.read_plan(write_plan(tmp_path, plan), tmp_path)
-    noisy = next(d for d in decodings if d.pair == "en-de" and d.name == "noisy")
-    assert noisy.runs() == [("en-de", "forward"), ("de-en", "forward")]
+    noisy = [d for d in decodings if d.name == "noisy"]
+    assert [d.pair for d in noisy] == ["en-de", "de-en"]  # no en-fr runs to explain fr-en
+    assert noisy[0].runs() == [("en-de", "forward"), ("de-en", "forward")]
     commands = []
 
     def evaluate(command, **kwargs):
@@ -112,7 +113,7 @@ def test_a_decodings_channel_runs_come_from_the_pair_that_translates_the_other_w
         return subprocess.CompletedProcess(command, 0, stdout='{"bleu": 1.0}')
 
     monkeypatch.setattr(script.subprocess, "run", evaluate)
-    script.score(noisy, tmp_path, "valid", None, "cpu")
+    script.score(noisy[0], tmp_path, "valid", None, "cpu")
     at = commands[0].index("--channel")
     assert commands[0][at : at + 4] == [
         "--channel",
