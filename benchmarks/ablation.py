@@ -245,6 +245,27 @@ def best_on_valid(decodings: list[Decoding], valid: dict[int, dict]) -> list[Dec
     return [decoding for _, decoding in best.values()]
 
 
+def select(
+    runs: list[Run], decodings: list[Decoding], pairs: str | None, names: str | None
+) -> tuple[list[Run], list[Decoding]]:
+    """The runs that `--pairs` and `--runs` choose, and the decodings made of chosen runs alone."""
+    wanted_pairs = set(pairs.split(",")) if pairs else None
+    wanted_names = set(names.split(",")) if names else None
+
+    def chosen(pair: str, name: str) -> bool:
+        if wanted_names is not None and f"{pair}/{name}" in wanted_names:
+            return True
+        in_pairs = wanted_pairs is None or pair in wanted_pairs
+        return in_pairs and (wanted_names is None or name in wanted_names)
+
+    return [run for run in runs if chosen(run.pair, run.name)], [
+        decoding
+        for decoding in decodings
+        if (wanted_pairs is None or decoding.pair in wanted_pairs)
+        and all(chosen(pair, name) for pair, name in decoding.runs())
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("plan", type=Path)
@@ -253,25 +274,18 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--parallel", type=int, default=1, help="runs trained at once")
     parser.add_argument("--pairs", help="only these of the plan's pairs, e.g. de-en,fr-en")
-    parser.add_argument("--runs", help="only these runs (and the decodings made of them alone)")
+    parser.add_argument(
+        "--runs",
+        help="only these runs (and the decodings made of them alone); PAIR/RUN names one pair's "
+        "run, even of a pair --pairs leaves out (a channel run, e.g. de-en/bpe_wd_big)",
+    )
     parser.add_argument(
         "--test", action="store_true", help="then score test: each pair's best decoding on valid"
     )
     args = parser.parse_args()
     print(f"command: python benchmarks/ablation.py {' '.join(sys.argv[1:])}", flush=True)
     base, runs, decodings = read_plan(args.plan, args.out)
-    if args.pairs:
-        wanted = set(args.pairs.split(","))
-        runs = [run for run in runs if run.pair in wanted]
-        decodings = [decoding for decoding in decodings if decoding.pair in wanted]
-    if args.runs:
-        wanted = set(args.runs.split(","))
-        runs = [run for run in runs if run.name in wanted]
-        decodings = [
-            decoding
-            for decoding in decodings
-            if wanted.issuperset(name for _, name in decoding.runs())
-        ]
+    runs, decodings = select(runs, decodings, args.pairs, args.runs)
     os.environ.setdefault("OMP_NUM_THREADS", "2")  # runs side by side share the cores
     start = time.perf_counter()
     with ThreadPoolExecutor(args.parallel) as pool:

@@ -126,6 +126,27 @@ def test_a_decodings_channel_runs_come_from_the_pair_that_translates_the_other_w
         script.read_plan(write_plan(tmp_path, as_configured), tmp_path)
 
 
+def test_runs_and_pairs_choose_runs_and_a_qualified_name_brings_a_channel_run(tmp_path):
+    channel = {"ensemble": ["forward"], "channel": ["backward"]}
+    plan = {**PLAN, "pairs": ["en-de", "de-en"], "decodings": {"noisy": channel}}
+    script = load_script()
+    _, runs, decodings = script.read_plan(write_plan(tmp_path, plan), tmp_path)
+
+    def chosen(pairs, names):
+        runs_chosen, decodings_chosen = script.select(runs, decodings, pairs, names)
+        return (
+            [(run.pair, run.name) for run in runs_chosen],
+            [(d.pair, d.name) for d in decodings_chosen],
+        )
+
+    assert chosen("en-de", "forward") == ([("en-de", "forward")], [("en-de", "forward")])
+    assert chosen("en-de", "forward,de-en/backward") == (
+        [("en-de", "forward"), ("de-en", "backward")],
+        [("en-de", "forward"), ("en-de", "noisy")],
+    )
+    assert len(chosen(None, None)[0]) == 4 and len(chosen(None, None)[1]) == 6
+
+
 def test_a_decoding_that_names_no_run_is_refused(tmp_path):
     bad = {**PLAN, "decodings": {"x": {"ensemble": ["forward", "sideways"]}}}
     with pytest.raises(SystemExit, match=r"decoding 'x' names no run \['sideways'\]"):
