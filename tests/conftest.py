@@ -68,7 +68,8 @@ def demo_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def channel_checkpoint(tmp_path_factory) -> Path:
-    """best.pt of the demo model trained the other way (Spanish->English): a channel model."""
+    """best.pt of the demo model trained the other way (Spanish->English), on subwords: a
+    channel model, which must split the demo's words into its own pieces."""
     from encdec.cli import DEMO_CONFIG
     from encdec.config import from_dict
     from encdec.data import toy_phrases
@@ -76,6 +77,7 @@ def channel_checkpoint(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("channel_run")
     data = {"dataset": "files", "src_lang": "es", "trg_lang": "en", "min_freq": 1}
+    data |= {"subwords": "bpe", "subword_vocab_size": 300}
     for split, pairs in toy_phrases().items():
         tsv = folder / f"{split}.tsv"
         tsv.write_text("".join(f"{spanish}\t{english}\n" for english, spanish in pairs))

@@ -153,9 +153,13 @@ def test_a_rescore_weight_outside_0_to_1_is_refused(demo_checkpoint, weight):
         )
 
 
-def channel_log_probs(channel, source_tokens, candidates):
-    """The channel model's log-probability of the source, reading each candidate."""
-    examples = channel.examples([t.tokens for t in candidates], [source_tokens] * len(candidates))
+def channel_log_probs(channel, source_words, candidates):
+    """The channel model's log-probability of the source, reading each candidate, both split
+    into the channel's subwords."""
+    examples = channel.examples(
+        channel.src_tokenizer.pieces_many([t.tokens for t in candidates]),
+        channel.trg_tokenizer.pieces_many([source_words] * len(candidates)),
+    )
     return target_log_probs(channel.model, examples, channel.trg_vocab.pad_idx, len(candidates))
 
 
