@@ -117,13 +117,19 @@ def test_rescoring_mixes_both_models_scores_and_ranks_by_the_mix(
     assert orders[0] != orders[1]  # the second opinion moved some candidates
 
 
+def toy_files(folder):
+    """30 toy pairs, and their sources and references written one a line in `folder`."""
+    pairs = toy_phrases()["train"][:30]
+    source, reference = folder / "source.txt", folder / "reference.txt"
+    source.write_text("".join(english + "\n" for english, _ in pairs))
+    reference.write_text("".join(spanish + "\n" for _, spanish in pairs))
+    return pairs, source, reference
+
+
 def test_the_command_line_rescores_like_the_api(
     demo_checkpoint, right_to_left_checkpoint, tmp_path, capsys
 ):
-    pairs = toy_phrases()["train"][:30]
-    source, reference = tmp_path / "source.txt", tmp_path / "reference.txt"
-    source.write_text("".join(english + "\n" for english, _ in pairs))
-    reference.write_text("".join(spanish + "\n" for _, spanish in pairs))
+    pairs, source, reference = toy_files(tmp_path)
     rescore = ["--rescore", str(right_to_left_checkpoint), "--rescore-weight", "0.7"]
     common = ["--device", "cpu", "--quiet", "--beam", "3", *rescore]
     output = tmp_path / "output.txt"
@@ -198,10 +204,7 @@ def test_a_channel_model_adds_its_log_probability_of_the_source_to_the_ranking(
 def test_the_command_line_scores_with_a_channel_model_like_the_api(
     demo_checkpoint, channel_checkpoint, tmp_path, capsys
 ):
-    pairs = toy_phrases()["train"][:30]
-    source, reference = tmp_path / "source.txt", tmp_path / "reference.txt"
-    source.write_text("".join(english + "\n" for english, _ in pairs))
-    reference.write_text("".join(spanish + "\n" for _, spanish in pairs))
+    pairs, source, reference = toy_files(tmp_path)
     channel = ["--channel", str(channel_checkpoint), "--channel-weight", "0.4"]
     evaluate = ["evaluate", str(demo_checkpoint), "--src", str(source), "--ref", str(reference)]
     assert main([*evaluate, "--json", "--device", "cpu", "--quiet", "--beam", "3", *channel]) == 0
