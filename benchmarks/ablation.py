@@ -49,7 +49,7 @@ class Decoding:
     # more `encdec evaluate` options, e.g. ["--length-penalty", "1.2"]
     options: list[str] = field(default_factory=list)
     channel: list[str] = field(default_factory=list)  # runs of the mirrored pair (en-de: de-en)
-    channel_weight: float = 0.3
+    channel_weight: float = 0.05
 
     def runs(self) -> list[tuple[str, str]]:
         """The (pair, run name) of every run it needs."""
@@ -115,7 +115,7 @@ def read_plan(path: Path, out: Path) -> tuple[str, list[Run], list[Decoding]]:
                     float(decoding.get("rescore_weight", 0.5)),
                     [str(option) for option in decoding.get("options", [])],
                     decoding.get("channel", []),
-                    float(decoding.get("channel_weight", 0.3)),
+                    float(decoding.get("channel_weight", 0.05)),
                 )
             )
     return plan["base"], runs, decodings

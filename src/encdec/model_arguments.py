@@ -43,10 +43,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--channel-weight",
         type=float,
-        default=0.3,
+        default=0.05,
         metavar="W",
         help="the channel model's share of the ranking score; the model keeps 1 minus the "
-        "rescorer's and the channel's weights (default: 0.3)",
+        "rescorer's and the channel's weights (default: 0.05)",
     )
 
 

@@ -106,7 +106,7 @@ class Translator:
         self.rescorer = SecondOpinion(rescorer, weight)
         return self
 
-    def channel_with(self, channel: Translator, weight: float = 0.3) -> Translator:
+    def channel_with(self, channel: Translator, weight: float = 0.05) -> Translator:
         """Add weight * `channel`'s log-probability of the source given each candidate to the
         ranking; `channel` translates this model's target language into its source language."""
         check_weights(self.rescorer.weight if self.rescorer else 0.0, weight)
@@ -123,7 +123,7 @@ class Translator:
         rescore_weight: float = 0.5,
         *,
         channel: str | Path | Sequence[str | Path] | None = None,
-        channel_weight: float = 0.3,
+        channel_weight: float = 0.05,
     ) -> Translator:
         """A translator from a checkpoint on `device` (auto, cpu, cuda, cuda:N).
 
