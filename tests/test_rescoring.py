@@ -232,3 +232,12 @@ def test_second_opinions_weighing_more_than_the_model_are_refused(
             channel=channel_checkpoint,
             channel_weight=0.5,
         )
+
+
+def test_the_command_lines_weights_default_to_the_apis():
+    from encdec.cli import build_parser
+    from encdec.rescoring import CHANNEL_WEIGHT, RESCORE_WEIGHT
+
+    for verb in ("translate", "evaluate", "serve"):
+        args = build_parser().parse_args([verb, "model.pt"])
+        assert (args.rescore_weight, args.channel_weight) == (RESCORE_WEIGHT, CHANNEL_WEIGHT)

@@ -17,7 +17,11 @@ CHECKPOINTS_HELP = (
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The checkpoints that translate: an ensemble, and a second opinion that reranks its beam."""
+    """The checkpoints that translate: an ensemble, and second opinions that rerank its beam.
+
+    The weights' defaults are rescoring.RESCORE_WEIGHT and CHANNEL_WEIGHT, written out here so
+    that building the parser imports no torch.
+    """
     parser.add_argument("checkpoint", nargs="+", help=CHECKPOINTS_HELP)
     parser.add_argument(
         "--rescore",

@@ -19,7 +19,13 @@ from encdec.devices import resolve_device
 from encdec.ensemble import Ensemble
 from encdec.errors import EncdecError
 from encdec.model import Seq2Seq, build_model
-from encdec.rescoring import SecondOpinion, check_weights, rescore
+from encdec.rescoring import (
+    CHANNEL_WEIGHT,
+    RESCORE_WEIGHT,
+    SecondOpinion,
+    check_weights,
+    rescore,
+)
 from encdec.search import Hypothesis, decode_examples
 from encdec.tokenize import Subwords, tokenizer_pair
 from encdec.vocab import EOS, SOS, UNK, Vocab
@@ -99,14 +105,14 @@ class Translator:
         """The models that rerank each sentence's beam: the rescorer, then the channel model."""
         return [opinion for opinion in (self.rescorer, self.channel) if opinion is not None]
 
-    def rescore_with(self, rescorer: Translator, weight: float = 0.5) -> Translator:
+    def rescore_with(self, rescorer: Translator, weight: float = RESCORE_WEIGHT) -> Translator:
         """Rank each sentence's beam by (1 - weight) * this model's + weight * `rescorer`'s
         log-probability (docs/results.md: a right-to-left rescorer)."""
         check_weights(weight, self.channel.weight if self.channel else 0.0)
         self.rescorer = SecondOpinion(rescorer, weight)
         return self
 
-    def channel_with(self, channel: Translator, weight: float = 0.05) -> Translator:
+    def channel_with(self, channel: Translator, weight: float = CHANNEL_WEIGHT) -> Translator:
         """Add weight * `channel`'s log-probability of the source given each candidate to the
         ranking; `channel` translates this model's target language into its source language."""
         check_weights(self.rescorer.weight if self.rescorer else 0.0, weight)
@@ -120,10 +126,10 @@ class Translator:
         int8: bool = False,
         device: str = "auto",
         rescore_with: str | Path | Sequence[str | Path] | None = None,
-        rescore_weight: float = 0.5,
+        rescore_weight: float = RESCORE_WEIGHT,
         *,
         channel: str | Path | Sequence[str | Path] | None = None,
-        channel_weight: float = 0.05,
+        channel_weight: float = CHANNEL_WEIGHT,
     ) -> Translator:
         """A translator from a checkpoint on `device` (auto, cpu, cuda, cuda:N).
 
