@@ -116,6 +116,52 @@ def test_translate_input_file_to_output_file(smoke_run, tmp_path, capsys):
     assert all(len(line.split()) <= 3 for line in lines)
 
 
+def test_n_best_lines_are_the_apis_n_best_lists_and_their_first_is_the_translation(
+    demo_checkpoint, monkeypatch, capsys
+):
+    from encdec.translator import Translator
+
+    sentences = ["good morning", "", "let's go"]
+    stdin = "".join(sentence + "\n" for sentence in sentences).encode("utf-8")
+    argv = ["translate", str(demo_checkpoint), "--device", "cpu", "--beam", "4"]
+    stdin_of(monkeypatch, stdin)
+    assert main([*argv, "--n-best", "3"]) == 0
+    rows = [line.split(" ||| ") for line in capsys.readouterr().out.splitlines()]
+    stdin_of(monkeypatch, stdin)
+    assert main(argv) == 0
+    best_texts = capsys.readouterr().out.splitlines()
+
+    api = Translator.load(demo_checkpoint, device="cpu")
+    expected = []
+    for line, translations in enumerate(api.translations(sentences, n_best=3, beam=4)):
+        scored = [(t.text, t.score) for t in translations] if sentences[line] else [("", 0.0)]
+        expected += [[str(line), text, f"{score:.4f}"] for text, score in scored]
+    assert rows == expected
+    assert [line for line, *_ in rows] == ["0", "0", "0", "1", "2", "2", "2"]  # blank: one
+    first_of_each_line = {}
+    for line, text, _ in rows:
+        first_of_each_line.setdefault(line, text)
+    assert list(first_of_each_line.values()) == best_texts == ["buenos días", "", "vamos"]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--n-best", "3"], "--n-best 3 needs a beam at least as wide: add --beam 3 or more"),
+        (["--n-best", "3", "--beam", "2"], "--n-best 3 needs a beam at least as wide"),
+        (["--n-best", "0"], "--n-best must be at least 1, got 0"),
+    ],
+)
+def test_n_best_wider_than_the_beam_is_a_one_line_error(
+    demo_checkpoint, monkeypatch, capsys, options, message
+):
+    stdin_of(monkeypatch, b"good morning\n")
+    assert main(["translate", str(demo_checkpoint), "--device", "cpu", *options]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert_one_line_error(captured.err, "translate", message)
+
+
 def test_evaluate_test_split_prints_json_scores(smoke_run, multi30k_dir, capsys):
     argv = ["evaluate", str(smoke_run / "best.pt"), "--split", "test"]
     assert main([*argv, "--data-dir", str(multi30k_dir), "--json"]) == 0

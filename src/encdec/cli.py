@@ -7,6 +7,7 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import encdec
 from encdec import data
@@ -16,6 +17,9 @@ from encdec.errors import EncdecError
 from encdec.model_arguments import CHECKPOINT_HELP, add_model_arguments, load_translator
 from encdec.progress import silence_bars
 from encdec.serve import add_serve_parser
+
+if TYPE_CHECKING:  # the translator imports torch, which building the parser must not
+    from encdec.translator import Translation
 
 EXAMPLES = {
     "train": "encdec train --config configs/multi30k_seed.yaml --data-dir ../shared/data/multi30k "
@@ -162,15 +166,37 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
 
 def _translated_text(args: argparse.Namespace) -> str:
-    """The translations of --input (or stdin), one line each."""
+    """The translations of --input (or stdin), one line each (or --n-best lines each)."""
+    if args.n_best is not None and args.n_best < 1:
+        raise EncdecError(f"--n-best must be at least 1, got {args.n_best}")
     translator = load_translator(args)
     if args.input:
         source = data.read_lines(args.input)
     else:  # bytes, decoded here, so that text that is not UTF-8 gets a clear error
         source = data.read_stream_lines(sys.stdin.buffer, "stdin")
+    options, n_best = _decoding_options(args), args.n_best or 1
+    beam_size = options["beam_size"] or translator.config.decoding.beam_size
+    if n_best > beam_size:
+        raise EncdecError(
+            f"--n-best {n_best} needs a beam at least as wide: add --beam {n_best} or more "
+            f"(the checkpoint decodes with a beam of {beam_size})"
+        )
     with silence_bars(args.quiet):
-        translations = translator.translate(source, seed=args.seed, **_decoding_options(args))
-    return _text_of_lines(translations)
+        n_best_lists = translator.translations(source, n_best=n_best, seed=args.seed, **options)
+    if args.n_best is None:
+        return _text_of_lines([best.text for best, *_ in n_best_lists])
+    return _text_of_lines(_n_best_lines(source, n_best_lists))
+
+
+def _n_best_lines(source: list[str], n_best_lists: list[list[Translation]]) -> list[str]:
+    """`LINE ||| TRANSLATION ||| SCORE` for each translation, best first within a line: the
+    n-best format of Moses and Marian, input lines counted from 0, SCORE as `Translation.score`.
+    A blank input line is not translated: it gets one empty translation, scored 0."""
+    lines = []
+    for line, (sentence, translations) in enumerate(zip(source, n_best_lists)):
+        scored = [(t.text, t.score) for t in translations] if sentence.strip() else [("", 0.0)]
+        lines += [f"{line} ||| {text} ||| {score:.4f}" for text, score in scored]
+    return lines
 
 
 def _text_of_lines(lines: list[str]) -> str:
@@ -403,6 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-k", type=int, help="when sampling, only among the k likeliest tokens" + AS_TRAINED
     )
     translate_parser.add_argument("--seed", type=int, help="random seed for sampling")
+    translate_parser.add_argument(
+        "--n-best",
+        type=int,
+        metavar="N",
+        help="write the N best translations of each line as 'LINE ||| TRANSLATION ||| SCORE' "
+        "(lines counted from 0; SCORE: the log-probability, mixed with any second opinions'); "
+        "needs a beam of N or more",
+    )
     translate_parser.add_argument(
         "--int8", action="store_true", help="quantize the model to int8 first (faster on CPU)"
     )
