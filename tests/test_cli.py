@@ -144,6 +144,39 @@ def test_n_best_lines_are_the_apis_n_best_lists_and_their_first_is_the_translati
     assert list(first_of_each_line.values()) == best_texts == ["buenos días", "", "vamos"]
 
 
+def test_at_a_terminal_each_line_is_translated_as_soon_as_it_is_typed(demo_checkpoint):
+    import os
+    import pty
+    import select
+
+    terminal, typing_end = pty.openpty()  # stdin is a terminal, as when a user types
+    process = subprocess.Popen(
+        [sys.executable, "-m", "encdec", "translate", str(demo_checkpoint), "--device", "cpu"],
+        stdin=typing_end,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    os.close(typing_end)
+
+    def type_and_read_a_line(typed: bytes) -> str:
+        os.write(terminal, typed)
+        ready, _, _ = select.select([process.stdout], [], [], 60)
+        assert ready, f"no translation of {typed!r} while the input stays open"
+        return process.stdout.readline().decode("utf-8")
+
+    try:
+        assert type_and_read_a_line(b"good morning\n") == "buenos d\u00edas\n"
+        assert type_and_read_a_line(b"\xff\xfe\nlet's go\n") == "vamos\n"  # a bad line skipped
+        os.write(terminal, b"\x04")  # Ctrl-D at the start of a line: the end of the input
+        assert process.wait(timeout=60) == 0
+        stderr = process.stderr.read().decode("utf-8")
+    finally:
+        process.kill()
+        os.close(terminal)
+    assert "type a sentence and press Enter; Ctrl-D ends" in stderr
+    assert "stdin:2: not valid UTF-8" in stderr
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

@@ -19,7 +19,7 @@ from encdec.progress import silence_bars
 from encdec.serve import add_serve_parser
 
 if TYPE_CHECKING:  # the translator imports torch, which building the parser must not
-    from encdec.translator import Translation
+    from encdec.translator import Translation, Translator
 
 EXAMPLES = {
     "train": "encdec train --config configs/multi30k_seed.yaml --data-dir ../shared/data/multi30k "
@@ -157,7 +157,10 @@ def _resumed_config(args: argparse.Namespace):
 
 def cmd_translate(args: argparse.Namespace) -> None:
     if not args.output:
-        sys.stdout.write(_translated_text(args))
+        if args.input or not sys.stdin.isatty():
+            sys.stdout.write(_translated_text(args))
+        else:
+            _translate_as_typed(args)
         return
     from encdec.checkpoint import atomic_file
 
@@ -167,33 +170,66 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
 def _translated_text(args: argparse.Namespace) -> str:
     """The translations of --input (or stdin), one line each (or --n-best lines each)."""
-    if args.n_best is not None and args.n_best < 1:
-        raise EncdecError(f"--n-best must be at least 1, got {args.n_best}")
-    translator = load_translator(args)
+    translator = _checked_translator(args)
     if args.input:
         source = data.read_lines(args.input)
     else:  # bytes, decoded here, so that text that is not UTF-8 gets a clear error
         source = data.read_stream_lines(sys.stdin.buffer, "stdin")
-    options, n_best = _decoding_options(args), args.n_best or 1
-    beam_size = options["beam_size"] or translator.config.decoding.beam_size
+    with silence_bars(args.quiet):
+        return _translations_text(translator, source, args)
+
+
+def _translate_as_typed(args: argparse.Namespace) -> None:
+    """At a terminal: translate each line as soon as it is typed, until Ctrl-D."""
+    translator = _checked_translator(args)
+    print("encdec translate: type a sentence and press Enter; Ctrl-D ends", file=sys.stderr)
+    for index, line in enumerate(iter(sys.stdin.buffer.readline, b"")):
+        try:
+            sentence = line.decode("utf-8").removesuffix("\n").removesuffix("\r")
+        except UnicodeDecodeError as error:  # a line lost; the session goes on
+            print(f"stdin:{index + 1}: not valid UTF-8 ({error.reason})", file=sys.stderr)
+            continue
+        with silence_bars():
+            sys.stdout.write(_translations_text(translator, [sentence], args, first_line=index))
+        sys.stdout.flush()
+
+
+def _checked_translator(args: argparse.Namespace) -> Translator:
+    """The translator of the checkpoint arguments, once --n-best is known to fit the beam."""
+    if args.n_best is not None and args.n_best < 1:
+        raise EncdecError(f"--n-best must be at least 1, got {args.n_best}")
+    translator = load_translator(args)
+    n_best = args.n_best or 1
+    beam_size = args.beam or translator.config.decoding.beam_size
     if n_best > beam_size:
         raise EncdecError(
             f"--n-best {n_best} needs a beam at least as wide: add --beam {n_best} or more "
             f"(the checkpoint decodes with a beam of {beam_size})"
         )
-    with silence_bars(args.quiet):
-        n_best_lists = translator.translations(source, n_best=n_best, seed=args.seed, **options)
+    return translator
+
+
+def _translations_text(
+    translator: Translator, source: list[str], args: argparse.Namespace, first_line: int = 0
+) -> str:
+    """The translations of `source` as output text: the best of each sentence, a line each, or
+    with --n-best its n-best list, lines numbered from `first_line`."""
+    n_best_lists = translator.translations(
+        source, n_best=args.n_best or 1, seed=args.seed, **_decoding_options(args)
+    )
     if args.n_best is None:
         return _text_of_lines([best.text for best, *_ in n_best_lists])
-    return _text_of_lines(_n_best_lines(source, n_best_lists))
+    return _text_of_lines(_n_best_lines(source, n_best_lists, first_line))
 
 
-def _n_best_lines(source: list[str], n_best_lists: list[list[Translation]]) -> list[str]:
+def _n_best_lines(
+    source: list[str], n_best_lists: list[list[Translation]], first_line: int
+) -> list[str]:
     """`LINE ||| TRANSLATION ||| SCORE` for each translation, best first within a line: the
-    n-best format of Moses and Marian, input lines counted from 0, SCORE as `Translation.score`.
+    n-best format of Moses and Marian (input lines counted from 0), SCORE as `Translation.score`.
     A blank input line is not translated: it gets one empty translation, scored 0."""
     lines = []
-    for line, (sentence, translations) in enumerate(zip(source, n_best_lists)):
+    for line, (sentence, translations) in enumerate(zip(source, n_best_lists), first_line):
         scored = [(t.text, t.score) for t in translations] if sentence.strip() else [("", 0.0)]
         lines += [f"{line} ||| {text} ||| {score:.4f}" for text, score in scored]
     return lines
