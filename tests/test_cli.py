@@ -144,6 +144,13 @@ def test_n_best_lines_are_the_apis_n_best_lists_and_their_first_is_the_translati
     assert list(first_of_each_line.values()) == best_texts == ["buenos días", "", "vamos"]
 
 
+def test_a_temperature_with_a_beam_is_a_one_line_error(demo_checkpoint, monkeypatch, capsys):
+    stdin_of(monkeypatch, b"good morning\n")
+    options = ["--device", "cpu", "--temperature", "0.8", "--beam", "3"]
+    assert main(["translate", str(demo_checkpoint), *options]) == 2
+    assert_one_line_error(capsys.readouterr().err, "translate", "do not mix: ask for one of them")
+
+
 def test_at_a_terminal_each_line_is_translated_as_soon_as_it_is_typed(demo_checkpoint):
     import os
     import pty

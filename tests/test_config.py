@@ -9,6 +9,7 @@ from encdec.config import (
     Config,
     DecodingConfig,
     check_every_key_counts,
+    decoding_with,
     load_config,
     parse_override,
 )
@@ -278,6 +279,7 @@ def test_every_key_of_every_recipe_counts(path):
         (["model.share_embeddings=true"], "model.share_embeddings", "data.joint_vocab: true"),
         (["training.lr_patience=0"], "training.lr_patience", "lr_schedule: plateau"),
         (["training.warmup_steps=100"], "training.warmup_steps", "lr_schedule: warmup_decay"),
+        (["decoding.temperature=0.8", "decoding.beam_size=5"], "decoding.temperature", "size: 1"),
     ],
 )
 def test_a_key_that_has_no_effect_is_an_error_naming_what_would_make_it_count(
@@ -295,3 +297,27 @@ def test_a_key_set_beside_what_makes_it_count_is_accepted():
 def test_shared_embeddings_with_a_joint_vocabulary_are_accepted():
     overrides = ["data.joint_vocab=true", "model.share_embeddings=true"]
     check_every_key_counts(load_config(SEED_CONFIG, overrides))
+
+
+@pytest.mark.parametrize(
+    ("checkpoints", "asked", "beam_size", "temperature"),
+    [
+        ({"beam_size": 4}, {"temperature": 0.8}, 1, 0.8),  # sampling asked: the beam gives way
+        ({"temperature": 0.8}, {"beam_size": 3}, 3, 0.0),  # beams asked: sampling gives way
+        ({"beam_size": 4}, {"temperature": 0.0}, 4, 0.0),  # greedy's temperature keeps the beam
+        ({"beam_size": 4}, {"temperature": None, "beam_size": None}, 4, 0.0),  # None: unasked
+        ({"temperature": 0.8}, {"beam_size": 1, "temperature": 0.5}, 1, 0.5),
+    ],
+)
+def test_asking_to_sample_or_to_search_overrides_the_checkpoints_other_choice(
+    checkpoints, asked, beam_size, temperature
+):
+    decoding = decoding_with(DecodingConfig(**checkpoints), asked)
+    assert (decoding.beam_size, decoding.temperature) == (beam_size, temperature)
+
+
+def test_asking_to_sample_and_to_search_at_once_is_refused():
+    with pytest.raises(EncdecError, match="sampling .* and beam search .* do not mix"):
+        decoding_with(DecodingConfig(), {"temperature": 0.8, "beam_size": 3})
+    with pytest.raises(EncdecError, match="config field 'decoding.beam_size' must be positive"):
+        decoding_with(DecodingConfig(), {"beam_size": 0})

@@ -15,7 +15,9 @@ from serving import Server, attention_checkpoint, serving
 
 import encdec
 from encdec.cli import DEMO_SENTENCES, main
+from encdec.config import DecodingConfig
 from encdec.serve_queue import BatchingQueue
+from encdec.server import DecodingOptions, TranslateRequest
 from encdec.translator import Translator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -193,6 +195,27 @@ def test_a_beam_over_the_limit_is_422(client):
 def test_n_best_over_beam_size_is_422(client):
     response = client.post("/translate", json={"text": ["hi"], "beam_size": 2, "n_best": 3})
     assert_error(response, 422, "n_best", "beam_size")
+
+
+def test_a_temperature_with_a_beam_is_422(client):
+    response = client.post("/translate", json={"text": ["hi"], "temperature": 0.8, "beam_size": 2})
+    assert_error(response, 422, "sampling", "beam search", "do not mix")
+
+
+@pytest.mark.parametrize(
+    ("checkpoints", "asked", "beam_size", "seed"),
+    [
+        ({"beam_size": 4}, {"temperature": 0.8, "seed": 3}, 1, 3),
+        ({"temperature": 0.8}, {"beam_size": 2, "seed": 3}, 2, None),
+    ],
+)
+def test_a_request_to_sample_or_search_overrides_the_checkpoints_other_choice(
+    checkpoints, asked, beam_size, seed
+):
+    options = DecodingOptions.of(
+        TranslateRequest(text=["hi"], **asked), DecodingConfig(**checkpoints)
+    )
+    assert (options.beam_size, options.seed) == (beam_size, seed)
 
 
 def test_unk_replace_without_attention_is_422(client):

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from encdec.checkpoint import load_checkpoint
+from encdec.checkpoint import load_checkpoint, save_checkpoint
 from encdec.cli import DEMO_CONFIG
 from encdec.config import from_dict
 from encdec.corpus import build_corpus
@@ -30,6 +30,16 @@ UNSEEN = ["the purple elephant sings", "zebra", "go go go go go go go go go go g
 @pytest.fixture(scope="module")
 def translator(demo_checkpoint) -> Translator:
     return Translator.load(demo_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def beam_checkpoint(demo_checkpoint, tmp_path_factory):
+    """The demo model, saved as if its config decoded with a beam of 4."""
+    state = load_checkpoint(demo_checkpoint)
+    state["config"]["decoding"]["beam_size"] = 4
+    path = tmp_path_factory.mktemp("beam") / "best.pt"
+    save_checkpoint(state, path)
+    return path
 
 
 def test_demo_model_translates_lets_go(translator):
@@ -262,3 +272,13 @@ def test_attention_has_a_column_per_source_token_in_a_padded_batch():
     short, long = translator.translations(["a", "a b c d a b c d"], beam_size=2, max_len=5)
     for (best,) in (short[:1], long[:1]):
         assert best.attention.shape == (len(best.tokens), len(best.source_tokens))
+
+
+def test_a_temperature_samples_even_where_the_checkpoint_searches_with_beams(beam_checkpoint):
+    translator = Translator.load(beam_checkpoint, device="cpu")
+    sentences = [source for source, _ in toy_phrases()["train"]][:20]
+    sampled = translator.translate(sentences, temperature=3.0, seed=1)
+    assert sampled == translator.translate(sentences, temperature=3.0, seed=1, beam_size=1)
+    assert sampled != translator.translate(sentences)  # the checkpoint's beam search
+    with pytest.raises(EncdecError, match="do not mix"):
+        translator.translate(sentences, temperature=3.0, beam_size=2)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import encdec
 from encdec import data
-from encdec.config import from_dict, load_config
+from encdec.config import decoding_with, from_dict, load_config
 from encdec.devices import DEVICE_HELP
 from encdec.errors import EncdecError
 from encdec.model_arguments import CHECKPOINT_HELP, add_model_arguments, load_translator
@@ -200,11 +200,11 @@ def _checked_translator(args: argparse.Namespace) -> Translator:
         raise EncdecError(f"--n-best must be at least 1, got {args.n_best}")
     translator = load_translator(args)
     n_best = args.n_best or 1
-    beam_size = args.beam or translator.config.decoding.beam_size
+    beam_size = decoding_with(translator.config.decoding, _decoding_options(args)).beam_size
     if n_best > beam_size:
         raise EncdecError(
             f"--n-best {n_best} needs a beam at least as wide: add --beam {n_best} or more "
-            f"(the checkpoint decodes with a beam of {beam_size})"
+            f"(decoding as asked uses a beam of {beam_size})"
         )
     return translator
 

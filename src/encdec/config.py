@@ -88,7 +88,7 @@ class DecodingConfig:
     max_len: int = 50
     temperature: float = 0.0  # 0 means greedy (argmax); above 0, sample from softmax(logits / T)
     top_k: int | None = None  # when sampling, only among the k likeliest tokens
-    beam_size: int = 1  # above 1, beam search with this many beams (temperature is then unused)
+    beam_size: int = 1  # above 1, beam search with this many beams (then temperature must be 0)
     length_penalty: float = 1.0  # beams are ranked by log-probability / length ** this
     coverage_penalty: float = 0.0  # ... plus this * how fully they attended to the source
     unk_replace: bool = False  # replace each <unk> by the source word it attends to most
@@ -262,6 +262,10 @@ COUNTS_ONLY_WITH = {
         "training.lr_schedule: warmup_decay",
         lambda config: config.training.lr_schedule == "warmup_decay",
     ),
+    ("decoding", "temperature"): (
+        "decoding.beam_size: 1 (beam search does not sample)",
+        lambda config: config.decoding.beam_size == 1,
+    ),
 }
 
 
@@ -278,6 +282,30 @@ def check_every_key_counts(config: Config) -> None:
                 f"config key '{section}.{key}' is set ({value!r}) but has no effect: it counts "
                 f"only with {remedy}; set that too, or leave {section}.{key} out"
             )
+
+
+SAMPLING_AND_BEAMS = (
+    "sampling (a temperature above 0) and beam search (a beam above 1) do not mix: "
+    "ask for one of them"
+)
+
+
+def decoding_with(decoding: DecodingConfig, overrides: dict) -> DecodingConfig:
+    """`decoding` with a caller's checked `overrides` (None keeps a setting).
+
+    Asking for a temperature above 0 asks for sampling, so a beam that `decoding` searches with
+    gives way to it, and asking for a beam above 1 asks for beam search, so a temperature gives
+    way to that; asking for both is refused.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    sampling, searching = given.get("temperature", 0) > 0, given.get("beam_size", 1) > 1
+    if sampling and searching:
+        raise EncdecError(SAMPLING_AND_BEAMS)
+    if sampling:
+        given["beam_size"] = 1
+    if searching:
+        given["temperature"] = 0.0
+    return from_dict({"decoding": dataclasses.asdict(decoding) | given}).decoding
 
 
 def parse_override(assignment: str) -> tuple[str, str, object]:

@@ -28,6 +28,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import encdec
+from encdec.config import DecodingConfig, decoding_with
 from encdec.data import split_lines
 from encdec.ensemble import Ensemble
 from encdec.errors import EncdecError
@@ -68,6 +69,17 @@ class TranslateRequest(BaseModel):
         return split_lines(text) if isinstance(text, str) else text
 
 
+# the decoding settings a request may set; the rest stay the checkpoint's
+REQUEST_DECODING = (
+    "beam_size",
+    "temperature",
+    "top_k",
+    "length_penalty",
+    "coverage_penalty",
+    "unk_replace",
+)
+
+
 @dataclass(frozen=True)
 class DecodingOptions:
     """The settings a request decodes with: requests with equal options share batches."""
@@ -82,23 +94,15 @@ class DecodingOptions:
     seed: int | None  # None unless sampling
 
     @classmethod
-    def of(cls, request: TranslateRequest, defaults: dict) -> DecodingOptions:
+    def of(cls, request: TranslateRequest, defaults: DecodingConfig) -> DecodingOptions:
         """Unset fields become the checkpoint's `defaults`, so equal settings compare equal.
 
         A seed counts only when sampling; greedy and beam search ignore it.
         """
-        settings = {
-            name: defaults[name] if getattr(request, name) is None else getattr(request, name)
-            for name in (
-                "beam_size",
-                "temperature",
-                "top_k",
-                "length_penalty",
-                "coverage_penalty",
-                "unk_replace",
-            )
-        }
-        sampling = settings["beam_size"] == 1 and settings["temperature"] > 0
+        asked = {name: getattr(request, name) for name in REQUEST_DECODING}
+        decoding = decoding_with(defaults, asked)
+        settings = {name: getattr(decoding, name) for name in REQUEST_DECODING}
+        sampling = decoding.beam_size == 1 and decoding.temperature > 0
         seed = request.seed if sampling else None
         return cls(**settings, n_best=request.n_best, seed=seed)
 
@@ -290,7 +294,7 @@ class TranslationService:
         max_wait_ms: float,
     ):
         self.translator, self.limits = translator, limits
-        self.defaults = dataclasses.asdict(translator.config.decoding)
+        self.defaults = translator.config.decoding
         self.info = model_info(translator)
         self.queue = BatchingQueue(self.decode, max_batch_sentences, max_wait_ms)
 
@@ -313,7 +317,10 @@ class TranslationService:
         body = parse_request(await _body(request, self.limits.max_body_bytes))
         check_limits(body, self.limits)
         request.state.sentences = len(body.text)
-        options = DecodingOptions.of(body, self.defaults)
+        try:
+            options = DecodingOptions.of(body, self.defaults)
+        except EncdecError as error:  # e.g. a temperature with a beam
+            raise refusal(422, str(error)) from None
         try:
             results = await self.queue.translate(body.text, options, alone=options.seed is not None)
         except EncdecError as error:  # e.g. n_best over beam_size, as the Translator checks

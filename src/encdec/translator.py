@@ -14,7 +14,7 @@ from torch import nn
 from encdec import evaluation
 from encdec.batching import Example, numericalize
 from encdec.checkpoint import TOKEN_SETTINGS, check_mirrored_text, check_same_text, load_checkpoint
-from encdec.config import Config, DecodingConfig, from_dict
+from encdec.config import Config, DecodingConfig, decoding_with, from_dict
 from encdec.devices import resolve_device
 from encdec.ensemble import Ensemble
 from encdec.errors import EncdecError
@@ -273,9 +273,7 @@ class Translator:
 
     def _decoding(self, n_best: int, options: dict) -> DecodingConfig:
         """The checkpoint's decoding settings with `options` applied and checked."""
-        overrides = {key: value for key, value in options.items() if value is not None}
-        decoding = self.config.to_dict()["decoding"] | overrides
-        decoding = from_dict({"decoding": decoding}).decoding
+        decoding = decoding_with(self.config.decoding, options)
         if n_best > decoding.beam_size:
             raise EncdecError(f"n_best ({n_best}) cannot exceed beam_size ({decoding.beam_size})")
         if self.model.decoder.attention is None:
