@@ -280,6 +280,7 @@ def test_every_key_of_every_recipe_counts(path):
         (["training.lr_patience=0"], "training.lr_patience", "lr_schedule: plateau"),
         (["training.warmup_steps=100"], "training.warmup_steps", "lr_schedule: warmup_decay"),
         (["decoding.temperature=0.8", "decoding.beam_size=5"], "decoding.temperature", "size: 1"),
+        (["decoding.top_k=5"], "decoding.top_k", "decoding.temperature above 0"),
     ],
 )
 def test_a_key_that_has_no_effect_is_an_error_naming_what_would_make_it_count(
@@ -316,8 +317,13 @@ def test_asking_to_sample_or_to_search_overrides_the_checkpoints_other_choice(
     assert (decoding.beam_size, decoding.temperature) == (beam_size, temperature)
 
 
-def test_asking_to_sample_and_to_search_at_once_is_refused():
+def test_asking_to_sample_and_to_search_at_once_or_a_top_k_without_sampling_is_refused():
     with pytest.raises(EncdecError, match="sampling .* and beam search .* do not mix"):
         decoding_with(DecodingConfig(), {"temperature": 0.8, "beam_size": 3})
+    with pytest.raises(EncdecError, match="a top-k counts only when sampling"):
+        decoding_with(DecodingConfig(), {"top_k": 5})
+    with pytest.raises(EncdecError, match="a top-k counts only when sampling"):
+        decoding_with(DecodingConfig(temperature=0.8), {"top_k": 5, "beam_size": 3})
+    assert decoding_with(DecodingConfig(temperature=0.8), {"top_k": 5}).top_k == 5
     with pytest.raises(EncdecError, match="config field 'decoding.beam_size' must be positive"):
         decoding_with(DecodingConfig(), {"beam_size": 0})

@@ -202,6 +202,11 @@ def test_a_temperature_with_a_beam_is_422(client):
     assert_error(response, 422, "sampling", "beam search", "do not mix")
 
 
+def test_a_top_k_without_sampling_is_422(client):
+    response = client.post("/translate", json={"text": ["hi"], "top_k": 3})
+    assert_error(response, 422, "top-k", "temperature")
+
+
 @pytest.mark.parametrize(
     ("checkpoints", "asked", "beam_size", "seed"),
     [

@@ -266,6 +266,10 @@ COUNTS_ONLY_WITH = {
         "decoding.beam_size: 1 (beam search does not sample)",
         lambda config: config.decoding.beam_size == 1,
     ),
+    ("decoding", "top_k"): (
+        "decoding.temperature above 0 (sampling)",
+        lambda config: config.decoding.temperature > 0,
+    ),
 }
 
 
@@ -284,28 +288,28 @@ def check_every_key_counts(config: Config) -> None:
             )
 
 
-SAMPLING_AND_BEAMS = (
-    "sampling (a temperature above 0) and beam search (a beam above 1) do not mix: "
-    "ask for one of them"
-)
-
-
 def decoding_with(decoding: DecodingConfig, overrides: dict) -> DecodingConfig:
     """`decoding` with a caller's checked `overrides` (None keeps a setting).
 
     Asking for a temperature above 0 asks for sampling, so a beam that `decoding` searches with
     gives way to it, and asking for a beam above 1 asks for beam search, so a temperature gives
-    way to that; asking for both is refused.
+    way to that; asking for both is refused, and so is a top-k where nothing samples.
     """
     given = {key: value for key, value in overrides.items() if value is not None}
     sampling, searching = given.get("temperature", 0) > 0, given.get("beam_size", 1) > 1
     if sampling and searching:
-        raise EncdecError(SAMPLING_AND_BEAMS)
+        raise EncdecError(
+            "sampling (a temperature above 0) and beam search (a beam above 1) do not mix: "
+            "ask for one of them"
+        )
     if sampling:
         given["beam_size"] = 1
     if searching:
         given["temperature"] = 0.0
-    return from_dict({"decoding": dataclasses.asdict(decoding) | given}).decoding
+    decoding = from_dict({"decoding": dataclasses.asdict(decoding) | given}).decoding
+    if "top_k" in given and decoding.temperature == 0:
+        raise EncdecError("a top-k counts only when sampling: ask for a temperature above 0 too")
+    return decoding
 
 
 def parse_override(assignment: str) -> tuple[str, str, object]:
