@@ -281,6 +281,7 @@ def test_every_key_of_every_recipe_counts(path):
         (["training.warmup_steps=100"], "training.warmup_steps", "lr_schedule: warmup_decay"),
         (["decoding.temperature=0.8", "decoding.beam_size=5"], "decoding.temperature", "size: 1"),
         (["decoding.top_k=5"], "decoding.top_k", "decoding.temperature above 0"),
+        (["decoding.length_penalty=0.6"], "decoding.length_penalty", "beam_size above 1"),
     ],
 )
 def test_a_key_that_has_no_effect_is_an_error_naming_what_would_make_it_count(
@@ -317,7 +318,7 @@ def test_asking_to_sample_or_to_search_overrides_the_checkpoints_other_choice(
     assert (decoding.beam_size, decoding.temperature) == (beam_size, temperature)
 
 
-def test_asking_to_sample_and_to_search_at_once_or_a_top_k_without_sampling_is_refused():
+def test_settings_of_a_kind_of_decoding_not_asked_for_are_refused():
     with pytest.raises(EncdecError, match="sampling .* and beam search .* do not mix"):
         decoding_with(DecodingConfig(), {"temperature": 0.8, "beam_size": 3})
     with pytest.raises(EncdecError, match="a top-k counts only when sampling"):
@@ -325,5 +326,9 @@ def test_asking_to_sample_and_to_search_at_once_or_a_top_k_without_sampling_is_r
     with pytest.raises(EncdecError, match="a top-k counts only when sampling"):
         decoding_with(DecodingConfig(temperature=0.8), {"top_k": 5, "beam_size": 3})
     assert decoding_with(DecodingConfig(temperature=0.8), {"top_k": 5}).top_k == 5
+    for penalty in ("length_penalty", "coverage_penalty"):
+        with pytest.raises(EncdecError, match="penalty ranks the translations of a beam"):
+            decoding_with(DecodingConfig(beam_size=4), {penalty: 0.5, "temperature": 0.8})
+        assert getattr(decoding_with(DecodingConfig(beam_size=4), {penalty: 0.5}), penalty) == 0.5
     with pytest.raises(EncdecError, match="config field 'decoding.beam_size' must be positive"):
         decoding_with(DecodingConfig(), {"beam_size": 0})

@@ -238,6 +238,7 @@ PLATEAU_KEY = (
     "training.lr_schedule: plateau",
     lambda config: config.training.lr_schedule == "plateau",
 )
+BEAMS_KEY = ("decoding.beam_size above 1", lambda config: config.decoding.beam_size > 1)
 # keys that count only beside another setting: (what makes them count, whether it is set)
 COUNTS_ONLY_WITH = {
     ("data", "data_dir"): MULTI30K_KEY,
@@ -270,6 +271,8 @@ COUNTS_ONLY_WITH = {
         "decoding.temperature above 0 (sampling)",
         lambda config: config.decoding.temperature > 0,
     ),
+    ("decoding", "length_penalty"): BEAMS_KEY,
+    ("decoding", "coverage_penalty"): BEAMS_KEY,
 }
 
 
@@ -293,7 +296,8 @@ def decoding_with(decoding: DecodingConfig, overrides: dict) -> DecodingConfig:
 
     Asking for a temperature above 0 asks for sampling, so a beam that `decoding` searches with
     gives way to it, and asking for a beam above 1 asks for beam search, so a temperature gives
-    way to that; asking for both is refused, and so is a top-k where nothing samples.
+    way to that; asking for both is refused, and so is changing a top-k where nothing samples or
+    a length or coverage penalty where no beam is searched.
     """
     given = {key: value for key, value in overrides.items() if value is not None}
     sampling, searching = given.get("temperature", 0) > 0, given.get("beam_size", 1) > 1
@@ -302,14 +306,21 @@ def decoding_with(decoding: DecodingConfig, overrides: dict) -> DecodingConfig:
             "sampling (a temperature above 0) and beam search (a beam above 1) do not mix: "
             "ask for one of them"
         )
+    changed = {key for key, value in given.items() if value != getattr(decoding, key, value)}
     if sampling:
         given["beam_size"] = 1
     if searching:
         given["temperature"] = 0.0
-    decoding = from_dict({"decoding": dataclasses.asdict(decoding) | given}).decoding
-    if "top_k" in given and decoding.temperature == 0:
+    merged = from_dict({"decoding": dataclasses.asdict(decoding) | given}).decoding
+    if "top_k" in changed and merged.temperature == 0:
         raise EncdecError("a top-k counts only when sampling: ask for a temperature above 0 too")
-    return decoding
+    for penalty in ("length_penalty", "coverage_penalty"):
+        if penalty in changed and merged.beam_size == 1:
+            raise EncdecError(
+                f"a {penalty.replace('_', ' ')} ranks the translations of a beam: "
+                "ask for a beam above 1 too"
+            )
+    return merged
 
 
 def parse_override(assignment: str) -> tuple[str, str, object]:
