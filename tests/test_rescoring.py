@@ -220,6 +220,19 @@ def test_a_channel_model_must_translate_the_other_way(demo_checkpoint):
         Translator.load(demo_checkpoint, device="cpu", channel=demo_checkpoint)
 
 
+@pytest.mark.parametrize("opinion", ["rescore_with", "channel"])
+def test_a_second_opinion_without_a_beam_to_rerank_is_refused(
+    opinion, demo_checkpoint, channel_checkpoint
+):
+    second = {"rescore_with": demo_checkpoint, "channel": channel_checkpoint}[opinion]
+    translator = Translator.load(demo_checkpoint, device="cpu", **{opinion: second})
+    assert translator.config.decoding.beam_size == 1  # the demo decodes greedily
+    for greedy_or_sampling in ({}, {"temperature": 0.8, "seed": 1}):
+        with pytest.raises(EncdecError, match="reranks the translations of a beam"):
+            translator.translate(SENTENCES, **greedy_or_sampling)
+    assert len(translator.translate(SENTENCES, beam=2)) == len(SENTENCES)
+
+
 def test_second_opinions_weighing_more_than_the_model_are_refused(
     demo_checkpoint, channel_checkpoint
 ):

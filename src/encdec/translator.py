@@ -276,6 +276,11 @@ class Translator:
         decoding = decoding_with(self.config.decoding, options)
         if n_best > decoding.beam_size:
             raise EncdecError(f"n_best ({n_best}) cannot exceed beam_size ({decoding.beam_size})")
+        if self.second_opinions and decoding.beam_size == 1:
+            raise EncdecError(
+                "a rescorer or channel model reranks the translations of a beam: "
+                "ask for a beam above 1 too"
+            )
         if self.model.decoder.attention is None:
             for needs_attention in ("unk_replace", "coverage_penalty"):
                 if getattr(decoding, needs_attention):
