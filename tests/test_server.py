@@ -395,8 +395,8 @@ def test_an_ensemble_with_second_opinions_serves_what_encdec_translate_gives_for
     members = [demo_checkpoint, attention_checkpoint(tmp_path_factory)]  # one without attention
     rescore = ["--rescore", str(members[1]), "--rescore-weight", "0.25"]
     rescore += ["--channel", str(channel_checkpoint), "--channel-weight", "0.15"]
-    with serving(members, tmp_path / "serve.log", *rescore) as server:
-        body = {"text": SENTENCES, "beam_size": 3, "attention": True}
+    with serving(members, tmp_path / "serve.log", *rescore, "--beam", "3") as server:
+        body = {"text": SENTENCES, "attention": True}  # the beam of --beam
         translations = httpx.post(f"{server.url}/translate", json=body, timeout=120).json()
         info = httpx.get(f"{server.url}/info").json()
     served = [t["text"] for t in translations["translations"]]
@@ -405,6 +405,7 @@ def test_an_ensemble_with_second_opinions_serves_what_encdec_translate_gives_for
     assert info["models"] == 2
     assert info["rescorer"] == {"models": 1, "weight": 0.25}
     assert info["channel"] == {"models": 1, "weight": 0.15}
+    assert info["decoding"]["beam_size"] == 3
     assert info["parameters"] == sum(translator.parameter_count for translator in alone)
     rows = translations["translations"][0]["attention"]  # the attending member's
     assert abs(sum(rows[0]) - 1) < 1e-2
@@ -455,6 +456,22 @@ def test_an_unset_api_key_variable_is_a_clear_error(demo_checkpoint, capsys, mon
     assert main(["serve", str(demo_checkpoint), "--api-key-env", "ENCDEC_UNSET_KEY"]) == 2
     error = capsys.readouterr().err
     assert "ENCDEC_UNSET_KEY" in error and len(error.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--rescore", "DEMO"], "rerank a beam, but the checkpoint decodes greedily: add --beam 5"),
+        (["--beam", "11"], "--beam 11 is above --max-beam-size 10"),
+    ],
+)
+def test_a_default_beam_that_cannot_serve_is_refused_before_listening(
+    demo_checkpoint, capsys, options, message
+):
+    options = [str(demo_checkpoint) if option == "DEMO" else option for option in options]
+    assert main(["serve", str(demo_checkpoint), "--device", "cpu", "--port", "0", *options]) == 2
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1
 
 
 def test_the_request_body_shape_matches_the_issue(client):

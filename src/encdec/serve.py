@@ -50,6 +50,12 @@ def add_serve_parser(verb) -> None:
     parser.add_argument("--port", type=int, default=8000, help="TCP port (0: any free one)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(
+        "--beam",
+        type=_positive_int,
+        metavar="N",
+        help="the beam of requests that ask for none (default: the checkpoint's)",
+    )
+    parser.add_argument(
         "--int8", action="store_true", help="quantize the model to int8 first (faster on CPU)"
     )
     parser.add_argument(
@@ -112,12 +118,23 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 def serve(args: argparse.Namespace) -> None:
     """Load the checkpoints, then answer HTTP requests until stopped."""
+    from encdec.config import decoding_with
     from encdec.server import create_app, run
 
     api_key = _api_key(args.api_key_env)
-    translator = load_translator(args)
     limits = Limits(
         args.max_body_bytes, args.max_sentences, args.max_sentence_chars, args.max_beam_size
     )
+    if args.beam is not None and args.beam > limits.max_beam_size:
+        raise EncdecError(f"--beam {args.beam} is above --max-beam-size {limits.max_beam_size}")
+    translator = load_translator(args)
+    if args.beam is not None:
+        decoding = translator.config.decoding
+        translator.config.decoding = decoding_with(decoding, {"beam_size": args.beam})
+    if translator.second_opinions and translator.config.decoding.beam_size == 1:
+        raise EncdecError(
+            "--rescore and --channel rerank a beam, but the checkpoint decodes greedily: "
+            "add --beam 5 (or another beam above 1) for the requests that ask for none"
+        )
     app = create_app(translator, limits, args.max_batch_sentences, args.max_wait_ms, api_key)
     run(app, _listening_socket(args.host, args.port))
