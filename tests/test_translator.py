@@ -46,6 +46,13 @@ def test_demo_model_translates_lets_go(translator):
     assert translator.translate(["let's go"]) == ["vamos"]
 
 
+def test_one_string_instead_of_a_list_is_refused_naming_the_fix(translator):
+    with pytest.raises(TypeError, match=r"not one string: put it in a list, \[\"let's go\"\]"):
+        translator.translate("let's go")
+    with pytest.raises(TypeError, match="a list of strings"):
+        translator.translations("let's go", n_best=1)
+
+
 def test_structural_specials_never_appear_in_output(translator):
     sources = [source for source, _ in toy_phrases()["train"]] + UNSEEN
     # hot sampling from a peaked model picks unlikely ids, <pad> and <sos> among them

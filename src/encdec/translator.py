@@ -210,6 +210,11 @@ class Translator:
         max_len, temperature, top_k, length_penalty, coverage_penalty, unk_replace. Inputs are
         batched by length; results come back in input order.
         """
+        if isinstance(sentences, str):  # it would translate each of its characters
+            raise TypeError(
+                f"sentences must be a list of strings, not one string: put it in a list, "
+                f"[{sentences!r}]"
+            )
         source_tokens = self.src_tokenizer.tokenize_many(sentences)
         return self.translations_of(sentences, source_tokens, n_best, seed, beam, **options)
 
