@@ -116,6 +116,28 @@ def test_translate_input_file_to_output_file(smoke_run, tmp_path, capsys):
     assert all(len(line.split()) <= 3 for line in lines)
 
 
+def test_gzipped_input_and_output_files_are_read_and_written_gzipped(
+    demo_checkpoint, tmp_path, capsys
+):
+    import gzip
+
+    source = tmp_path / "in.en.gz"
+    source.write_bytes(gzip.compress(b"good morning\nlet's go\n"))
+    argv = ["translate", str(demo_checkpoint), "--device", "cpu", "--input", str(source)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed == "buenos días\nvamos\n"
+    assert main([*argv, "--output", str(tmp_path / "out.es.gz")]) == 0
+    assert gzip.decompress((tmp_path / "out.es.gz").read_bytes()).decode("utf-8") == printed
+    reference = tmp_path / "ref.es.gz"
+    reference.write_bytes(gzip.compress("buenos días\nvamos\n".encode()))
+    argv = ["evaluate", str(demo_checkpoint), "--device", "cpu", "--src", str(source)]
+    argv += ["--ref", str(reference), "--output", str(tmp_path / "scored.es.gz"), "--json"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["chrf"] == pytest.approx(100)
+    assert gzip.decompress((tmp_path / "scored.es.gz").read_bytes()).decode("utf-8") == printed
+
+
 def test_n_best_lines_are_the_apis_n_best_lists_and_their_first_is_the_translation(
     demo_checkpoint, monkeypatch, capsys
 ):

@@ -165,7 +165,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
     from encdec.checkpoint import atomic_file
 
     with atomic_file(args.output) as file:  # a bad --output path fails before translating
-        file.write(_translated_text(args).encode("utf-8"))
+        file.write(data.file_bytes(_translated_text(args), args.output))
 
 
 def _translated_text(args: argparse.Namespace) -> str:
@@ -289,7 +289,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     with atomic_file(args.output) as file:  # a bad --output path fails before scoring
         scores = _scores(args, with_translations=True)
-        file.write(_text_of_lines(scores.pop("translations")).encode("utf-8"))
+        file.write(data.file_bytes(_text_of_lines(scores.pop("translations")), args.output))
     _print_scores(args, scores)
 
 

@@ -83,6 +83,12 @@ def _read_bytes(path: Path) -> bytes:
         ) from None
 
 
+def file_bytes(text: str, path: str | Path) -> bytes:
+    """`text` as the file `path` holds it: UTF-8, gzipped when the name ends in .gz."""
+    encoded = text.encode("utf-8")
+    return gzip.compress(encoded, mtime=0) if Path(path).suffix == ".gz" else encoded
+
+
 def read_stream_lines(stream: BinaryIO, name: str) -> list[str]:
     """Lines of a stream of UTF-8 bytes such as stdin (`split_lines`); errors call it `name`."""
     return split_lines(_decode_utf8(stream.read(), name))
