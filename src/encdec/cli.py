@@ -453,8 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
         "translate", "translate sentences (stdin or --input), one per line", cmd_translate
     )
     add_model_arguments(translate_parser)
-    translate_parser.add_argument("--input", help="file of sentences (default: stdin)")
-    translate_parser.add_argument("--output", help="write here (atomically) instead of stdout")
+    translate_parser.add_argument(
+        "--input", help="file of sentences, gzipped if named *.gz (default: stdin)"
+    )
+    translate_parser.add_argument(
+        "--output", help="write here (atomically; gzipped if named *.gz) instead of stdout"
+    )
     _add_decoding_options(translate_parser)
     translate_parser.add_argument(
         "--temperature",
@@ -492,7 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--src", help="source file to score instead of a split")
     evaluate_parser.add_argument("--ref", help="reference translations of --src")
     evaluate_parser.add_argument(
-        "--output", help="also write the translations scored here, one a line (atomically)"
+        "--output",
+        help="also write the translations scored here, one a line (atomically; gzipped if "
+        "named *.gz)",
     )
     evaluate_parser.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate_parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
