@@ -282,6 +282,18 @@ def test_every_key_of_every_recipe_counts(path):
         (["decoding.temperature=0.8", "decoding.beam_size=5"], "decoding.temperature", "size: 1"),
         (["decoding.top_k=5"], "decoding.top_k", "decoding.temperature above 0"),
         (["decoding.length_penalty=0.6"], "decoding.length_penalty", "beam_size above 1"),
+        (["model.input_feeding=true"], "model.input_feeding", "model.attention: dot"),
+        (["decoding.unk_replace=true"], "decoding.unk_replace", "model.attention: dot"),
+        (
+            ["decoding.beam_size=5", "decoding.coverage_penalty=0.2"],
+            "decoding.coverage_penalty",
+            "beam_size above 1 and model.attention",
+        ),
+        (
+            ["model.attention=general", "model.context_every_step=true"],
+            "model.context_every_step",
+            "model.attention: none",
+        ),
     ],
 )
 def test_a_key_that_has_no_effect_is_an_error_naming_what_would_make_it_count(

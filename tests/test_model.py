@@ -512,3 +512,18 @@ def test_shared_embeddings_stay_shared_through_a_checkpoint_and_translate_the_sa
         (best.tokens, best.score) for best, *_ in expected.translations(sentences, beam=3)
     ]
     assert len({tuple(best.tokens) for best, *_ in expected.translations(sentences)}) > 1
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ({"input_feeding": True}, "input_feeding feeds attentional vectors: it needs attention"),
+        (
+            {"attention": "dot", "context_every_step": True},
+            "context_every_step is for models without attention",
+        ),
+    ],
+)
+def test_decoder_options_that_need_attention_or_its_absence_are_refused(model, message):
+    with pytest.raises(EncdecError, match=message):
+        build_model(ModelConfig(**model), 10, 10)

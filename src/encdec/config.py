@@ -239,6 +239,10 @@ PLATEAU_KEY = (
     lambda config: config.training.lr_schedule == "plateau",
 )
 BEAMS_KEY = ("decoding.beam_size above 1", lambda config: config.decoding.beam_size > 1)
+ATTENTION_KEY = (
+    "model.attention: dot, general or additive",
+    lambda config: config.model.attention != "none",
+)
 # keys that count only beside another setting: (what makes them count, whether it is set)
 COUNTS_ONLY_WITH = {
     ("data", "data_dir"): MULTI30K_KEY,
@@ -271,8 +275,17 @@ COUNTS_ONLY_WITH = {
         "decoding.temperature above 0 (sampling)",
         lambda config: config.decoding.temperature > 0,
     ),
+    ("model", "input_feeding"): ATTENTION_KEY,
+    ("model", "context_every_step"): (
+        "model.attention: none (attention reads a context every step already)",
+        lambda config: config.model.attention == "none",
+    ),
+    ("decoding", "unk_replace"): ATTENTION_KEY,
     ("decoding", "length_penalty"): BEAMS_KEY,
-    ("decoding", "coverage_penalty"): BEAMS_KEY,
+    ("decoding", "coverage_penalty"): (
+        "decoding.beam_size above 1 and model.attention",
+        lambda config: BEAMS_KEY[1](config) and ATTENTION_KEY[1](config),
+    ),
 }
 
 

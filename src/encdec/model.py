@@ -149,6 +149,8 @@ class Decoder(nn.Module):
         super().__init__()
         if context_every_step and attention is not None:
             raise EncdecError("model.context_every_step is for models without attention")
+        if input_feeding and attention is None:
+            raise EncdecError("model.input_feeding feeds attentional vectors: it needs attention")
         self.vocab_size, self.hidden_dim, self.num_layers = vocab_size, hidden_dim, num_layers
         self.attention, self.input_feeding = attention, input_feeding
         self.context_every_step = context_every_step
