@@ -5,6 +5,7 @@ import shutil
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -64,7 +65,11 @@ def page(browser, server):
 
 
 def wait(browser, condition):
-    return WebDriverWait(browser, WAIT_SECONDS).until(lambda _: condition())
+    # a list the page redraws while it is read goes stale: read it again
+    waiting = WebDriverWait(
+        browser, WAIT_SECONDS, ignored_exceptions=[StaleElementReferenceException]
+    )
+    return waiting.until(lambda _: condition())
 
 
 def translations(browser) -> list[str]:
@@ -144,3 +149,24 @@ def test_the_page_shows_the_error_the_api_returns(page, server):
     api = httpx.post(f"{server.url}/translate", json={"text": ["good morning"], "beam_size": 9})
     assert error.text == api.json()["error"]
     assert "max_beam_size" in error.text
+
+
+def test_a_temperature_samples_instead_of_searching(page, server):
+    sentences = ["thank you very much", "good morning", "let's go", "see you tomorrow"]
+    body = {"text": sentences, "beam_size": 3}
+    searched = httpx.post(f"{server.url}/translate", json=body, timeout=60).json()
+    beam_size = page.find_element(By.ID, "beam-size")
+    set_number(page, "beam-size", 3)
+    set_number(page, "temperature", 50)  # nearly uniform draws: not what beam search finds
+    assert not beam_size.is_enabled()  # the beam counts only at temperature 0
+    type_source(page, "\n".join(sentences))
+    page.find_element(By.ID, "translate").click()
+    wait(page, lambda: len(translations(page)) == len(sentences))
+    assert not page.find_element(By.ID, "error").is_displayed()
+    assert translations(page) != [t["text"] for t in searched["translations"]]
+    assert len(page.find_elements(By.CSS_SELECTOR, "#n-best-list tbody tr")) == 1
+
+    set_number(page, "temperature", 0)
+    assert beam_size.is_enabled()
+    page.find_element(By.ID, "translate").click()
+    wait(page, lambda: translations(page) == [t["text"] for t in searched["translations"]])

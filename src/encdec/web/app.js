@@ -57,6 +57,8 @@ async function describeModel() {
     `${attention} · encdec ${model.encdec_version}`;
   byId("beam-size").value = model.decoding.beam_size;
   byId("beam-size").max = model.limits.max_beam_size;
+  byId("temperature").value = model.decoding.temperature;
+  showSearchOrSampling();
   const examples = byId("examples");
   examples.replaceChildren();
   for (const sentence of EXAMPLES[model.source_language] || []) {
@@ -70,15 +72,28 @@ async function describeModel() {
   }
 }
 
+function sampling() {
+  return Number(byId("temperature").value) > 0;
+}
+
+// Sampling draws one token at a time: the beam size counts only at temperature 0.
+function showSearchOrSampling() {
+  byId("beam-size").disabled = sampling();
+}
+
 async function translate() {
   const sentences = byId("source").value.split("\n").map((line) => line.trim()).filter(Boolean);
   if (sentences.length === 0) return;
   const request = {
     text: sentences,
-    beam_size: Number(byId("beam-size").value) || undefined,
     n_best: Number(byId("n-best").value) || 1,
     attention: Boolean(model && model.attention),
   };
+  if (sampling()) {
+    request.temperature = Number(byId("temperature").value);  // a fresh draw each time
+  } else {
+    request.beam_size = Number(byId("beam-size").value) || undefined;
+  }
   byId("translate").disabled = true;
   try {
     const answer = await call("/translate", { method: "POST", body: JSON.stringify(request) });
@@ -150,6 +165,7 @@ function drawHeatmap(result) {
 }
 
 byId("translate").addEventListener("click", translate);
+byId("temperature").addEventListener("input", showSearchOrSampling);
 byId("source").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
     event.preventDefault();
