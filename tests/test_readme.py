@@ -39,3 +39,11 @@ def test_every_relative_link_leads_to_a_file_and_the_tutorial_is_one():
     relative = [link.split("#")[0] for link in links if "://" not in link]
     assert "docs/tutorial.md" in relative
     assert [link for link in relative if not (REPO_ROOT / link).is_file()] == []
+
+
+def test_the_module_table_lists_every_module():
+    text = README.read_text(encoding="utf-8")
+    table = text[text.index("## Where things are") :]
+    listed = set(re.findall(r"^\| `(\w+\.py)` \|", table, re.M))
+    modules = {path.name for path in (REPO_ROOT / "src" / "encdec").glob("*.py")}
+    assert listed == modules - {"__init__.py", "__main__.py"}
