@@ -1,11 +1,16 @@
 """The README's promises: its Python snippet runs as printed, and its links lead somewhere."""
 
+import gzip
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from encdec import data
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 README = REPO_ROOT / "README.md"
@@ -16,11 +21,25 @@ def python_snippet() -> str:
     return snippet
 
 
+@pytest.fixture(scope="module")
+def multi30k_head(tmp_path_factory, multi30k_dir) -> Path:
+    """The first 2,000 training and 100 validation and test pairs of Multi30k de-en: enough for
+    the snippet's smoke run, in a fifth of the time the whole corpus takes to read and score."""
+    folder = tmp_path_factory.mktemp("multi30k_head")
+    for split, count in (("train", 2000), ("val", 100), ("test_2016_flickr", 100)):
+        for lang in ("de", "en"):
+            name = f"{split}.{lang}.gz"
+            lines = data.read_lines(multi30k_dir / name)[:count]
+            text = "".join(line + "\n" for line in lines)
+            (folder / name).write_bytes(gzip.compress(text.encode()))
+    return folder
+
+
 def test_the_python_snippet_runs_as_printed_where_encdec_data_names_the_data(
-    tmp_path, multi30k_dir
+    tmp_path, multi30k_head
 ):
     shutil.copytree(REPO_ROOT / "configs", tmp_path / "configs")  # the snippet's working folder
-    env = {**os.environ, "ENCDEC_DATA": str(multi30k_dir)}
+    env = {**os.environ, "ENCDEC_DATA": str(multi30k_head)}
     result = subprocess.run(
         [sys.executable, "-c", python_snippet()],
         cwd=tmp_path,
