@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import http.server
 import io
+import re
 import threading
 import urllib.request
 from pathlib import Path
@@ -133,6 +134,11 @@ def test_invalid_utf8_error_names_file_and_line(tmp_path):
 def test_missing_file_error_names_path(tmp_path):
     with pytest.raises(EncdecError, match="nowhere.txt"):
         read_lines(tmp_path / "nowhere.txt")
+
+
+def test_a_folder_where_a_file_is_asked_for_is_an_error_naming_it(tmp_path):
+    with pytest.raises(EncdecError, match=f"{re.escape(str(tmp_path))} is a folder; name a file"):
+        read_lines(tmp_path)
 
 
 def test_corrupt_gzip_file_raises_encdec_error(tmp_path):

@@ -77,6 +77,8 @@ def _read_bytes(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         raise EncdecError(f"{path}: no such file; check the path") from None
+    except IsADirectoryError:
+        raise EncdecError(f"{path} is a folder; name a file of lines in it") from None
     except (OSError, EOFError, zlib.error) as error:
         raise EncdecError(
             f"{path}: cannot read ({error}); replace the file with a good copy"
