@@ -273,7 +273,9 @@ def cmd_average(args: argparse.Namespace) -> None:
     from encdec.checkpoint import average_checkpoints, save_checkpoint
 
     save_checkpoint(average_checkpoints(args.checkpoints), args.output)
-    print(f"{args.output}: the mean of {len(args.checkpoints)} checkpoints' weights")
+    count = len(args.checkpoints)
+    whose = "checkpoints'" if count > 1 else "checkpoint's"
+    print(f"{args.output}: the mean of {count} {whose} weights")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
