@@ -389,6 +389,27 @@ def test_attention_comes_back_when_asked_for(attention_server):
     assert info["attention"] is True and info["attention_kind"] == "general"
 
 
+def test_translate_json_writes_what_the_server_answers(
+    attention_server, tmp_path_factory, tmp_path
+):
+    sentences = ["good morning", "thank you very much", ""]
+    body = {"text": sentences, "beam_size": 3, "n_best": 2, "attention": True}
+    served = httpx.post(f"{attention_server.url}/translate", json=body, timeout=120).json()
+    options = ("--beam", "3", "--n-best", "2", "--json")
+    lines = encdec_translate(attention_checkpoint(tmp_path_factory), sentences, tmp_path, *options)
+    written = [json.loads(line) for line in lines]
+    assert len(written) == len(sentences)
+    for mine, theirs in zip(written, served["translations"]):
+        assert mine.keys() == theirs.keys()
+        for key in ("text", "tokens", "source_tokens"):
+            assert mine[key] == theirs[key]
+        assert [t["tokens"] for t in mine["n_best"]] == [t["tokens"] for t in theirs["n_best"]]
+        scores = [t["score"] for t in theirs["n_best"]]  # the server may run on a GPU
+        assert [t["score"] for t in mine["n_best"]] == pytest.approx(scores, abs=1e-3)
+        for row, served_row in zip(mine["attention"], theirs["attention"], strict=True):
+            assert row == pytest.approx(served_row, abs=1e-3)
+
+
 def test_an_ensemble_with_second_opinions_serves_what_encdec_translate_gives_for_it(
     demo_checkpoint, channel_checkpoint, tmp_path_factory, tmp_path
 ):

@@ -379,6 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
         "needs a beam of N or more",
     )
     translate_parser.add_argument(
+        "--json",
+        action="store_true",
+        help="write a JSON object a line, as encdec serve answers: text, tokens, score, n_best "
+        "(--n-best long), source_tokens and, for a model with attention, attention",
+    )
+    translate_parser.add_argument(
         "--int8", action="store_true", help="quantize the model to int8 first (faster on CPU)"
     )
     translate_parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)

@@ -36,7 +36,7 @@ from encdec.model import Seq2Seq
 from encdec.rescoring import SecondOpinion
 from encdec.serve import Limits
 from encdec.serve_queue import BatchingQueue
-from encdec.translator import Translation, Translator
+from encdec.translator import Translation, Translator, answer_of
 
 log = logging.getLogger("encdec.serve")
 OPEN_PATHS = ("/", "/health")  # reachable without the API key, like the page's files
@@ -176,22 +176,6 @@ def check_limits(request: TranslateRequest, limits: Limits) -> None:
         )
 
 
-def answer(translations: list[Translation], with_attention: bool) -> dict:
-    """One sentence's answer: the best translation, the n-best list and maybe attention."""
-    best = translations[0]
-    result = {
-        "text": best.text,
-        "tokens": best.tokens,
-        "score": best.score,
-        "n_best": [{"text": t.text, "tokens": t.tokens, "score": t.score} for t in translations],
-        "source_tokens": best.source_tokens,
-    }
-    if with_attention and best.attention is not None:
-        # (len(tokens), len(source_tokens)); 4 decimals are all the page or a plot can show
-        result["attention"] = best.attention.float().round(decimals=4).tolist()
-    return result
-
-
 def _model_count(model: Seq2Seq) -> int:
     return len(model.members) if isinstance(model, Ensemble) else 1
 
@@ -327,7 +311,7 @@ class TranslationService:
             raise refusal(422, str(error)) from None
         return JSONResponse(
             {
-                "translations": [answer(result, body.attention) for result in results],
+                "translations": [answer_of(result, body.attention) for result in results],
                 "elapsed_ms": round((time.perf_counter() - started) * 1000, 1),
             }
         )

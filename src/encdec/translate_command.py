@@ -4,6 +4,7 @@ with their scores, out."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import TYPE_CHECKING
 
@@ -75,10 +76,16 @@ def _translations_text(
     translator: Translator, source: list[str], args: argparse.Namespace, first_line: int = 0
 ) -> str:
     """The translations of `source` as output text: the best of each sentence, a line each, or
-    with --n-best its n-best list, lines numbered from `first_line`."""
+    with --n-best its n-best list, lines numbered from `first_line`; with --json, a JSON object
+    a sentence."""
     n_best_lists = translator.translations(
         source, n_best=args.n_best or 1, seed=args.seed, **decoding_options(args)
     )
+    if args.json:
+        from encdec.translator import answer_of
+
+        answers = [answer_of(translations, with_attention=True) for translations in n_best_lists]
+        return text_of_lines([json.dumps(answer, ensure_ascii=False) for answer in answers])
     if args.n_best is None:
         return text_of_lines([best.text for best, *_ in n_best_lists])
     return text_of_lines(_n_best_lines(source, n_best_lists, first_line))

@@ -51,6 +51,23 @@ class Translation:
     attention: torch.Tensor | None  # (len(tokens), len(source_tokens)) or None without attention
 
 
+def answer_of(translations: list[Translation], with_attention: bool) -> dict:
+    """One sentence's translations as JSON: the best one, the n-best list and maybe attention
+    (what `encdec serve` answers and `encdec translate --json` writes)."""
+    best = translations[0]
+    result = {
+        "text": best.text,
+        "tokens": best.tokens,
+        "score": best.score,
+        "n_best": [{"text": t.text, "tokens": t.tokens, "score": t.score} for t in translations],
+        "source_tokens": best.source_tokens,
+    }
+    if with_attention and best.attention is not None:
+        # (len(tokens), len(source_tokens)); 4 decimals are all a page or a plot can show
+        result["attention"] = best.attention.float().round(decimals=4).tolist()
+    return result
+
+
 def _replace_unknowns(
     tokens: list[str], source_tokens: list[str], attention: torch.Tensor
 ) -> list[str]:
