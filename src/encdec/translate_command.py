@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # the translator imports torch, which building the parser mus
 
 
 def cmd_translate(args: argparse.Namespace) -> None:
+    """Translate --input, stdin, or lines as they are typed at a terminal; print or write them."""
     if not args.output:
         if args.input or not sys.stdin.isatty():
             sys.stdout.write(_translated_text(args))
