@@ -156,7 +156,7 @@ def _add_device_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
-def _adddecoding_options(parser: argparse.ArgumentParser) -> None:
+def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
     _add_device_option(parser)
     parser.add_argument(
         "--beam", type=int, help="beam search with this many beams (1 = greedy)" + AS_TRAINED
@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     translate_parser.add_argument(
         "--output", help="write here (atomically; gzipped if named *.gz) instead of stdout"
     )
-    _adddecoding_options(translate_parser)
+    _add_decoding_options(translate_parser)
     translate_parser.add_argument(
         "--temperature",
         type=float,
@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate_parser.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate_parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
-    _adddecoding_options(evaluate_parser)
+    _add_decoding_options(evaluate_parser)
 
     stats_parser = verb("data-stats", "sizes of a corpus's splits and vocabularies", cmd_data_stats)
     _add_config_options(stats_parser)
