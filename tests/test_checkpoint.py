@@ -3,6 +3,7 @@
 import os
 import random
 import re
+import shlex
 import stat
 from pathlib import Path
 
@@ -240,3 +241,83 @@ def test_averaging_checkpoints_of_other_vocabularies_is_an_error_naming_the_file
     save_checkpoint(other, tmp_path / "cat.pt")
     with pytest.raises(EncdecError, match="cat.pt has another trg vocab .*: cannot average"):
         checkpoint.average_checkpoints([tmp_path / "dog.pt", tmp_path / "cat.pt"])
+
+
+class CreatesAFile:
+    """Unpickled, this would call open(path, "w"): the file appearing means the pickle ran."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+class RunsACommand:
+    """Unpickled, this would run `touch path` in a shell."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.path))}",)
+
+
+@pytest.fixture(params=[CreatesAFile, RunsACommand], ids=["creates a file", "runs a command"])
+def malicious_run(request, tmp_path) -> tuple[Path, Path]:
+    """A run folder whose best.pt and last.pt hold one object that runs code when unpickled;
+    and the file that object would create."""
+    marker, run_dir = tmp_path / "the pickle ran", tmp_path / "run"
+    run_dir.mkdir()
+    state, payload = {"format_version": FORMAT_VERSION, **make_state()}, request.param(marker)
+    torch.save({**state, "note": payload}, run_dir / "best.pt")
+    training_state = {"optimizer": {}, "rng_by_rank": [{}]}
+    torch.save({**state, **training_state, "note": payload}, run_dir / "last.pt")
+    return run_dir, marker
+
+
+COMMANDS_THAT_LOAD = {
+    "translate": ["translate", "{best}", "--input", "{text}"],
+    "evaluate": ["evaluate", "{best}", "--split", "test"],
+    "serve": ["serve", "{best}", "--host", "127.0.0.1", "--port", "0", "--device", "cpu"],
+    "average": ["average", "{best}", "{best}", "--output", "{out}"],
+    "train --resume": ["train", "--resume", "{run}", "--device", "cpu", "--quiet"],
+}
+
+
+@pytest.mark.parametrize("verb", COMMANDS_THAT_LOAD)
+def test_a_checkpoint_whose_pickle_runs_code_is_refused_in_one_line_without_running_it(
+    verb, malicious_run, tmp_path, capsys
+):
+    from encdec.cli import main
+
+    run_dir, marker = malicious_run
+    (tmp_path / "text.txt").write_text("hello\n", encoding="utf-8")
+    paths = {"best": run_dir / "best.pt", "run": run_dir, "text": tmp_path / "text.txt"}
+    paths["out"] = tmp_path / "averaged.pt"
+    argv = [part.format(**paths) for part in COMMANDS_THAT_LOAD[verb]]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error, error
+    assert re.search(r"is refused: its pickle calls \S+(system|open)", error), error
+    assert str(run_dir) in error
+    assert not marker.exists()
+    assert not paths["out"].exists()
+
+
+def test_a_last_pt_holding_numpy_arrays_from_numpy_1_still_loads(tmp_path):
+    # an older last.pt kept NumPy's generator state as an array; NumPy 1 named its rebuilder
+    # numpy.core.multiarray._reconstruct, NumPy 2 numpy._core.multiarray._reconstruct
+    path = tmp_path / "last.pt"
+    state = {"format_version": FORMAT_VERSION, **make_state(), "numpy": np.random.get_state()}
+    torch.save(state, path, _use_new_zipfile_serialization=False)  # the pickle is plain text
+    path.write_bytes(path.read_bytes().replace(b"numpy._core.", b"numpy.core."))
+    assert b"numpy.core.multiarray" in path.read_bytes()
+    loaded = load_checkpoint(path)
+    assert np.array_equal(loaded["numpy"][1], state["numpy"][1])
+
+
+def test_rng_states_hold_only_tensors_and_plain_python_types(tmp_path):
+    path = tmp_path / "rng.pt"
+    torch.save(rng_states(random.Random(7)), path)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []

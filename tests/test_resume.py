@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -424,3 +425,18 @@ def test_free_space_needed_is_three_checkpoints_of_weights_and_adam_moments(tmp_
 def test_save_every_steps_must_be_positive():
     with pytest.raises(EncdecError, match="training.save_every_steps"):
         from_dict(recipe(save_every_steps=0))
+
+
+def test_a_last_pt_with_numpy_state_as_an_array_still_resumes(tmp_path, uninterrupted):
+    # before checkpoints were read with weights_only=True, last.pt held NumPy's generator state
+    # as np.random.get_state() gives it: a tuple with an array
+    train(from_dict(recipe(epochs=EPOCHS - 1)), tmp_path, quiet=True, device="cpu")
+    state = load_checkpoint(tmp_path / "last.pt")
+    for generators in state["rng_by_rank"]:
+        numpy_state = generators["numpy"]
+        key = np.array(numpy_state["state"]["key"], dtype=np.uint32)
+        position, has_gauss = numpy_state["state"]["pos"], numpy_state["has_gauss"]
+        generators["numpy"] = ("MT19937", key, position, has_gauss, numpy_state["gauss"])
+    save_checkpoint(state, tmp_path / "last.pt")
+    train(None, tmp_path, quiet=True, device="cpu", resume=True, epochs=EPOCHS)
+    assert_same_run(uninterrupted, tmp_path)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import random
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +28,17 @@ READABLE_VERSIONS = (1,)
 REQUIRED_KEYS = ("format_version", "model", "config", "src_vocab", "trg_vocab")
 # what translating needs besides the weights; the rest of last.pt is training state
 TRANSLATION_KEYS = ("config", "src_vocab", "trg_vocab", "src_subwords", "trg_subwords")
+# Checkpoints are unpickled with torch.load(weights_only=True): tensors and plain Python types
+# only, so a file cannot run code. A last.pt written before 2026-12 held NumPy's generator
+# state as an array; these rebuild such an array (and nothing else) so that it still resumes.
+_rebuild_array = np.zeros(0).__reduce__()[0]  # numpy.core (NumPy 1) or numpy._core (2)
+NUMPY_ARRAY_GLOBALS = [
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),
+    _rebuild_array,
+    (_rebuild_array, "numpy.core.multiarray._reconstruct"),  # as NumPy 1 wrote it
+]
 
 
 @contextlib.contextmanager
@@ -107,12 +120,12 @@ def load_checkpoint(path: str | Path) -> dict:
     """
     path = resolve_checkpoint(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise _refusal(path, error) from None
     except Exception as error:  # torch raises many kinds for a damaged file
-        raise EncdecError(
-            f"checkpoint {path} cannot be read: it is truncated or not a checkpoint "
-            f"({_first_sentence(error)}); copy it again, or use another checkpoint"
-        ) from None
+        raise _unreadable(path, error) from None
     if not isinstance(state, dict) or "format_version" not in state:
         raise EncdecError(f"{path} is not an encdec checkpoint (it has no format_version)")
     # the version first: another format may name its keys differently
@@ -127,6 +140,25 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
+def _refusal(path: Path, error: pickle.UnpicklingError) -> EncdecError:
+    """The error for a file whose pickle asks for more than tensors and plain Python types."""
+    named = re.search(r"GLOBAL (\S+)", str(error))
+    if named is None:  # not a call it refused: random bytes, or a pickle cut short
+        return _unreadable(path, error)
+    return EncdecError(
+        f"checkpoint {path} is refused: its pickle calls {named.group(1)}, which no checkpoint "
+        "holds and which could run code on this machine (it was not run); use a checkpoint "
+        "from a source you trust"
+    )
+
+
+def _unreadable(path: Path, error: Exception) -> EncdecError:
+    return EncdecError(
+        f"checkpoint {path} cannot be read: it is truncated or not a checkpoint "
+        f"({_first_sentence(error)}); copy it again, or use another checkpoint"
+    )
+
+
 def _first_sentence(error: Exception) -> str:
     """The gist of a (maybe long, many-line) error message, on one line."""
     text = " ".join(str(error).split()) or type(error).__name__
@@ -134,10 +166,15 @@ def _first_sentence(error: Exception) -> str:
 
 
 def rng_states(data_order: random.Random) -> dict:
-    """Every random number generator training draws from, as it stands now."""
+    """Every random number generator training draws from, as it stands now.
+
+    Tensors and plain Python types only, so that torch.load(weights_only=True) reads them.
+    """
+    numpy_state = np.random.get_state(legacy=False)
+    key, position = numpy_state["state"]["key"], numpy_state["state"]["pos"]
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {**numpy_state, "state": {"key": key.tolist(), "pos": int(position)}},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "data_order": data_order.getstate(),
@@ -147,7 +184,7 @@ def rng_states(data_order: random.Random) -> dict:
 def restore_rng_states(states: dict, data_order: random.Random) -> None:
     """Put every generator back where `rng_states` found it, so the next draws repeat."""
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    np.random.set_state(states["numpy"])  # a dict, or an older last.pt's tuple with an array
     torch.set_rng_state(states["torch"])
     cuda_states = states.get("cuda", [])  # checkpoints from before GPUs were supported lack it
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
