@@ -427,6 +427,23 @@ def test_save_every_steps_must_be_positive():
         from_dict(recipe(save_every_steps=0))
 
 
+def test_resume_with_fewer_epochs_than_the_one_last_pt_is_partway_through_is_refused(
+    tmp_path, monkeypatch
+):
+    crash_at_save(monkeypatch, "last.pt", epoch=2, validated=False, before=False)
+    with pytest.raises(KeyboardInterrupt, match="simulated crash"):
+        train(from_dict(RECIPE), tmp_path, quiet=True, device="cpu")
+    monkeypatch.undo()
+    saved = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(
+        EncdecError,
+        match=r"training.epochs 1: last.pt is partway through epoch 2 in .*; give --epochs 2 or",
+    ):
+        train(None, tmp_path, quiet=True, device="cpu", resume=True, epochs=1)
+    assert (tmp_path / "last.pt").read_bytes() == saved  # nothing was trained
+    assert [record["epoch"] for record in read_records(tmp_path)] == [1]
+
+
 def test_a_last_pt_with_numpy_state_as_an_array_still_resumes(tmp_path, uninterrupted):
     # before checkpoints were read with weights_only=True, last.pt held NumPy's generator state
     # as np.random.get_state() gives it: a tuple with an array

@@ -166,13 +166,18 @@ def resume_config(stored: Config, given: Config | None, epochs: int | None) -> C
 def reconsider_finishing(run: Run) -> None:
     """After an epoch's end, decide again whether the run is over: its stopping keys may differ."""
     progress, settings, selection = run.progress, run.config.training, run.selection
+    if progress.epoch > settings.epochs:  # an epoch begun cannot be undone, only finished
+        where = (
+            f"has already trained {progress.epochs_done} epochs"
+            if progress.validated
+            else f"is partway through epoch {progress.epoch}"
+        )
+        raise EncdecError(
+            f"cannot resume with training.epochs {settings.epochs}: last.pt {where} in "
+            f"{run.out_dir}; give --epochs {progress.epoch} or more"
+        )
     if not progress.validated:
         return
-    if progress.epochs_done > settings.epochs:
-        raise EncdecError(
-            f"cannot resume with training.epochs {settings.epochs}: last.pt has already "
-            f"trained {progress.epochs_done} epochs"
-        )
     progress.finished = progress.epochs_done == settings.epochs or selection.out_of_patience(
         settings.patience
     )
