@@ -1,6 +1,8 @@
 """Tests for never losing a run: resume after a kill or a signal, NaN losses, unwritable folders."""
 
+import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -442,6 +444,31 @@ def test_resume_with_fewer_epochs_than_the_one_last_pt_is_partway_through_is_ref
         train(None, tmp_path, quiet=True, device="cpu", resume=True, epochs=1)
     assert (tmp_path / "last.pt").read_bytes() == saved  # nothing was trained
     assert [record["epoch"] for record in read_records(tmp_path)] == [1]
+
+
+def open_files_named(name: str) -> list[str]:
+    """The files this process holds open whose name is `name` (Linux's /proc)."""
+    folder = Path("/proc/self/fd")
+    targets = []
+    for descriptor in folder.iterdir():
+        with contextlib.suppress(OSError):
+            targets.append(os.readlink(descriptor))
+    return [target for target in targets if Path(target).name == name]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux's /proc")
+def test_train_log_is_closed_and_detached_when_train_returns(tmp_path):
+    logger = logging.getLogger("encdec")
+    handlers_before = logger.handlers[:]
+    for name in ("first", "second"):
+        train(from_dict(recipe(epochs=1, max_steps=2)), tmp_path / name, quiet=True, device="cpu")
+    logger.warning("a line logged after training, by a server say")
+    for name in ("first", "second"):
+        log_text = (tmp_path / name / "train.log").read_text(encoding="utf-8")
+        assert "run directory" in log_text
+        assert "after training" not in log_text
+    assert open_files_named("train.log") == []
+    assert logger.handlers == handlers_before
 
 
 def test_a_last_pt_with_numpy_state_as_an_array_still_resumes(tmp_path, uninterrupted):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +35,22 @@ def setup_logging(out_dir: Path, quiet: bool, processes: Processes) -> None:
         on_stderr = LogAboveBars()
         on_stderr.addFilter(lambda record: not getattr(record, FILE_ONLY, False))
         log.addHandler(on_stderr)
+
+
+@contextlib.contextmanager
+def logging_for_run(out_dir: Path, quiet: bool, processes: Processes) -> Iterator[None]:
+    """setup_logging while a run trains; then train.log is closed and the logger put back, so
+    that later lines of the process (a server's, another run's) do not land in this run's log."""
+    previous_handlers, previous_level = log.handlers[:], log.level
+    setup_logging(out_dir, quiet, processes)
+    try:
+        yield
+    finally:
+        for handler in log.handlers[:]:
+            log.removeHandler(handler)
+            handler.close()
+        log.handlers[:] = previous_handlers
+        log.setLevel(previous_level)
 
 
 def describe(corpus: Corpus, model: Seq2Seq) -> None:

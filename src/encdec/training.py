@@ -44,7 +44,7 @@ from encdec.progress import progress_bar, silence_bars
 from encdec.reporting import (
     describe,
     log_record,
-    setup_logging,
+    logging_for_run,
     tensorboard_writer,
     write_scalars,
 )
@@ -454,12 +454,12 @@ def train(
     if not resume:  # the whole config, before the run directory or its log is made
         check_every_key_counts(config)
         check_data_config(config.data)
-    with job(device) as processes:
+    with job(device) as processes, contextlib.ExitStack() as closing:
         default_dir = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
         out_dir = Path(out_dir or from_main(default_dir, processes))
         state = run_on_main(partial(load_last, out_dir), processes) if resume else None
         run_on_main(partial(_writable_run_dir, out_dir), processes)
-        setup_logging(out_dir, quiet, processes)
+        closing.enter_context(logging_for_run(out_dir, quiet, processes))
         log.info("run directory: %s", out_dir)
         if processes.distributed:
             log.info(
