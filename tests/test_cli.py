@@ -29,6 +29,9 @@ from encdec.stop_signals import StopSignals
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SEED_CONFIG = REPO_ROOT / "configs" / "multi30k_seed.yaml"
 VERBS = ["train", "translate", "evaluate", "data-stats", "demo", "download", "plot", "serve"]
+VERBS += ["score"]
+EVALUATE_SCORES = {"loss", "ppl", "teacher_forced_loss", "teacher_forced_ppl", "bleu", "bleu_tok"}
+EVALUATE_SCORES |= {"chrf", "bleu_signature", "bleu_tok_signature", "chrf_signature"}
 GERMAN = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee."]
 
 
@@ -228,7 +231,7 @@ def test_evaluate_test_split_prints_json_scores(smoke_run, multi30k_dir, capsys)
     argv = ["evaluate", str(smoke_run / "best.pt"), "--split", "test"]
     assert main([*argv, "--data-dir", str(multi30k_dir), "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)
-    assert set(scores) == {"loss", "ppl", "bleu", "bleu_tok", "chrf"}
+    assert set(scores) == EVALUATE_SCORES
     # one training step: barely better than a uniform guess over the 5893 English words
     assert 5.0 < scores["loss"] < math.log(5893) + 1
     assert scores["ppl"] == pytest.approx(math.exp(scores["loss"]))
@@ -239,12 +242,12 @@ def test_evaluate_source_and_reference_files(smoke_run, test_split_head, capsys)
     source, reference = test_split_head
     argv = ["evaluate", str(smoke_run / "best.pt"), "--src", str(source), "--ref", str(reference)]
     assert main([*argv, "--json"]) == 0
-    assert set(json.loads(capsys.readouterr().out)) == {"loss", "ppl", "bleu", "bleu_tok", "chrf"}
+    assert set(json.loads(capsys.readouterr().out)) == EVALUATE_SCORES
     assert main(argv) == 0
-    line = capsys.readouterr().out.strip()
-    assert line.startswith(f"{source}: loss ")
-    assert "| ppl " in line and "| BLEU " in line and "| BLEU (tokenized) " in line
-    assert "| chrF " in line
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith(f"{source}: teacher forcing off loss ")
+    assert "| teacher-forced loss " in line and "| BLEU " in line
+    assert "| BLEU (tokenized) " in line and "| chrF " in line
 
 
 MULTI30K_DE_EN = {"train": 29000, "valid": 1014, "test": 1000, "src_vocab": 7853}
@@ -291,25 +294,33 @@ def test_missing_checkpoint_is_one_line_error(tmp_path, monkeypatch, capsys):
     assert_one_line_error(capsys.readouterr().err, "translate", "checkpoint not found")
 
 
-def test_data_dir_without_multi30k_is_one_line_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("ENCDEC_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("ENCDEC_DATA", raising=False)
+def refuse_downloads(monkeypatch) -> list[str]:
+    """The URLs encdec tries to download from; each try fails at once."""
     tried = []
-    real_download = data.download_file
 
-    def download_from_a_closed_port(url, dest, sha256):
-        tried.append(url)  # the discard port refuses at once: the internet is never reached
-        return real_download("http://127.0.0.1:9/" + url.rsplit("/", 1)[-1], dest, sha256)
+    def download(url, dest, sha256):
+        tried.append(url)
+        raise EncdecError(f"could not download {url}")
 
-    monkeypatch.setattr(data, "download_file", download_from_a_closed_port)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    assert main([*STATS_ARGV, "--data-dir", str(empty)]) == 2
-    assert tried == [data.MULTI30K_URL + "train.de.gz"]
+    monkeypatch.setattr(data, "download_file", download)
+    return tried
+
+
+@pytest.mark.parametrize("missing", ["train.de.gz", "val.en.gz"])
+def test_a_data_dir_missing_a_file_is_one_line_error_naming_it(
+    missing, tmp_path, multi30k_dir, monkeypatch, capsys
+):
+    monkeypatch.setenv("ENCDEC_CACHE", str(tmp_path / "cache"))
+    tried = refuse_downloads(monkeypatch)
+    folder = tmp_path / "multi30k"
+    folder.mkdir()
+    for name in ("train.de.gz", "train.en.gz", "val.de.gz", "val.en.gz"):
+        if name != missing:
+            (folder / name).symlink_to(multi30k_dir / name)
+    assert main([*STATS_ARGV, "--data-dir", str(folder)]) == 2
+    assert tried == []
     err = capsys.readouterr().err
-    assert_one_line_error(err, "data-stats", "could not download", "--data-dir", "data.data_dir")
-    assert "ENCDEC_DATA" in err
-    assert not any(path.is_file() for path in (tmp_path / "cache").rglob("*"))
+    assert_one_line_error(err, "data-stats", f"{folder / missing} not found", "encdec download")
 
 
 def test_debug_flag_reraises_the_error(tmp_path):
@@ -473,6 +484,8 @@ def test_a_mistyped_option_shows_the_usage_of_its_verb(capsys):
         (["translate", "best.pt", "--temperature", "-1"], "--temperature"),
         (["evaluate", "best.pt", "--coverage-penalty", "-1"], "--coverage-penalty"),
         (["train", "--out", "run", "--epochs", "0"], "--epochs"),
+        (["translate", "best.pt", "--batch-size", "0"], "--batch-size"),
+        (["evaluate", "best.pt", "--batch-size", "-2"], "--batch-size"),
     ],
 )
 def test_a_bad_option_value_names_the_option(argv, option, tmp_path, monkeypatch, capsys):
@@ -532,3 +545,98 @@ def test_the_version_comes_from_pyproject_when_encdec_runs_uninstalled(monkeypat
 
     monkeypatch.setattr(encdec, "version", not_installed)
     assert encdec._version() == importlib.metadata.version("encdec")
+
+
+@pytest.mark.parametrize(("given", "missing"), [("--src", "--ref"), ("--ref", "--src")])
+def test_evaluate_src_without_ref_is_refused_not_scored_on_the_test_split(
+    given, missing, tmp_path, capsys
+):
+    lines = tmp_path / "lines.txt"
+    lines.write_text("good morning\n", encoding="utf-8")
+    assert main(["evaluate", str(tmp_path / "best.pt"), given, str(lines)]) == 2
+    assert_one_line_error(capsys.readouterr().err, "evaluate", f"{given} needs {missing}")
+
+
+def test_evaluate_labels_both_perplexities_and_prints_the_sacrebleu_signatures(
+    demo_checkpoint, tmp_path, capsys
+):
+    source, reference = tmp_path / "src.en", tmp_path / "ref.es"
+    source.write_text("good morning\nthank you very much\n", encoding="utf-8")
+    reference.write_text("buenos días\nmuchas gracias a ti\n", encoding="utf-8")
+    argv = ["evaluate", str(demo_checkpoint), "--src", str(source), "--ref", str(reference)]
+    assert main([*argv, "--device", "cpu", "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert set(scores) == EVALUATE_SCORES
+    assert scores["teacher_forced_ppl"] == pytest.approx(math.exp(scores["teacher_forced_loss"]))
+    assert scores["bleu_signature"].startswith("nrefs:1|case:lc|eff:no|tok:13a|")
+    assert scores["chrf_signature"].startswith("nrefs:1|case:lc|eff:yes|nc:6|")
+    assert main([*argv, "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(
+        f"{source}: teacher forcing off loss {scores['loss']:.3f} ppl {scores['ppl']:.2f} | "
+        f"teacher-forced loss {scores['teacher_forced_loss']:.3f} "
+        f"ppl {scores['teacher_forced_ppl']:.2f} | BLEU "
+    )
+    assert lines[1:] == [
+        f"BLEU signature: {scores['bleu_signature']}",
+        f"BLEU (tokenized) signature: {scores['bleu_tok_signature']}",
+        f"chrF signature: {scores['chrf_signature']}",
+    ]
+
+
+def test_translate_and_evaluate_take_a_batch_size_and_decoding_settings(
+    demo_checkpoint, tmp_path, capsys
+):
+    source, reference = tmp_path / "src.en", tmp_path / "ref.es"
+    source.write_text("good morning\nthank you very much\nlet's go\n", encoding="utf-8")
+    reference.write_text("buenos días\nmuchas gracias\nvamos\n", encoding="utf-8")
+    translate = ["translate", str(demo_checkpoint), "--input", str(source), "--device", "cpu"]
+    assert main(translate) == 0
+    assert capsys.readouterr().out == "buenos días\nmuchas gracias\nvamos\n"
+    assert main([*translate, "--batch-size", "1", "--set", "decoding.max_len=1"]) == 0
+    assert capsys.readouterr().out == "buenos\nmuchas\nvamos\n"
+    assert main([*translate, "--set", "decoding.max_len=1", "--max-len", "10"]) == 0
+    assert capsys.readouterr().out == "buenos días\nmuchas gracias\nvamos\n"  # options win
+
+    evaluate = ["evaluate", str(demo_checkpoint), "--src", str(source), "--ref", str(reference)]
+    evaluate += ["--device", "cpu", "--json"]
+    assert main([*evaluate, "--beam", "2"]) == 0
+    with_beam = json.loads(capsys.readouterr().out)
+    assert main([*evaluate, "--set", "decoding.beam_size=2", "--batch-size", "2"]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(with_beam)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("model.hidden_dim=3", "only decoding settings can change here"),
+        ("decoding.beam=3", "unknown config key 'decoding.beam'; did you mean 'beam_size'"),
+        ("decoding.max_len=0", "'decoding.max_len' must be positive"),
+    ],
+)
+def test_a_bad_decoding_setting_is_a_one_line_error(
+    setting, message, demo_checkpoint, tmp_path, capsys
+):
+    source = tmp_path / "src.en"
+    source.write_text("good morning\n", encoding="utf-8")
+    argv = ["translate", str(demo_checkpoint), "--input", str(source), "--device", "cpu"]
+    assert main([*argv, "--set", setting]) == 2
+    assert_one_line_error(capsys.readouterr().err, "translate", message)
+
+
+@pytest.mark.parametrize("verb", ["translate", "evaluate", "serve"])
+def test_help_lists_the_second_opinions_after_the_verbs_own_options(verb, capsys):
+    text = help_text(verb, capsys=capsys)
+    usage, options = text.split(" positional arguments: ")
+    own = "--input" if verb == "translate" else "--device"
+    assert usage.index(own) < usage.index("--rescore")
+    assert options.index(own) < options.index("second opinions") < options.index("--rescore")
+
+
+def test_a_config_that_is_not_yaml_is_named_with_the_line(tmp_path, capsys):
+    config = tmp_path / "broken.yaml"
+    config.write_text("training:\n  epochs: [1\n  lr: 0.1\n", encoding="utf-8")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert_one_line_error(err, "train", f"config file {config}:3:5: not valid YAML: ")
+    assert "<unicode string>" not in err

@@ -237,3 +237,15 @@ def test_cli_plot_attention_without_attention_returns_2(demo_checkpoint, tmp_pat
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "model.attention is none" in error
     assert not output.exists()
+
+
+@pytest.mark.parametrize("sentence", ["", "   "])
+def test_cli_plot_attention_of_an_empty_sentence_is_refused_before_loading(
+    sentence, tmp_path, capsys
+):
+    output = tmp_path / "attn.png"
+    argv = ["plot", "attention", str(tmp_path / "not_loaded.pt"), sentence, "--output", str(output)]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "the sentence to plot is empty" in error
+    assert not output.exists()

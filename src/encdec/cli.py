@@ -13,8 +13,14 @@ from encdec import data
 from encdec.config import from_dict, load_config
 from encdec.devices import DEVICE_HELP
 from encdec.errors import EncdecError
-from encdec.model_arguments import CHECKPOINT_HELP, add_model_arguments, load_translator
+from encdec.model_arguments import (
+    CHECKPOINT_HELP,
+    add_decoding_settings_arguments,
+    add_model_arguments,
+    load_translator,
+)
 from encdec.progress import silence_bars
+from encdec.scoring import add_score_parser
 from encdec.serve import add_serve_parser
 from encdec.translate_command import cmd_translate, decoding_options, text_of_lines
 
@@ -30,6 +36,8 @@ EXAMPLES = {
     "plot": "encdec plot curves runs/seed; "
     'encdec plot attention runs/attention/best.pt "Ein Mann fährt Fahrrad."',
     "serve": "encdec serve runs/attention --port 8000",
+    "score": "encdec score translations hypotheses.en --ref test.en; "
+    "encdec score pairs runs/seed --src test.de --trg test.en",
 }
 
 # The demo: a tiny English->Spanish model that memorises the embedded phrase list in seconds.
@@ -63,6 +71,7 @@ OPTION_FIELDS = {
     "epochs": "training.epochs",
     "max_steps": "training.max_steps",
     "min_freq": "data.min_freq",
+    "batch_size": "decoding.batch_size",
 }
 
 
@@ -181,6 +190,12 @@ def _add_decoding_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    if bool(args.src) != bool(args.ref):
+        given, missing = ("--src", "--ref") if args.src else ("--ref", "--src")
+        raise EncdecError(
+            f"{given} needs {missing}: evaluate scores a source file against its reference "
+            "translations, line for line (or, without both, --split of the checkpoint's data)"
+        )
     if not args.output:
         _print_scores(args, _scores(args, with_translations=False))
         return
@@ -197,7 +212,7 @@ def _scores(args: argparse.Namespace, with_translations: bool) -> dict:
     from encdec.corpus import read_splits
 
     translator = load_translator(args)
-    if args.src and args.ref:
+    if args.src:
         pairs = data.read_parallel(args.src, args.ref)
     else:
         data_config = translator.config.data
@@ -215,12 +230,15 @@ def _scores(args: argparse.Namespace, with_translations: bool) -> dict:
 def _print_scores(args: argparse.Namespace, scores: dict) -> None:
     if args.json:
         print(json.dumps(scores))
-    else:
-        print(
-            f"{args.split if not args.src else args.src}: loss {scores['loss']:.3f} | "
-            f"ppl {scores['ppl']:.2f} | BLEU {scores['bleu']:.2f} | "
-            f"BLEU (tokenized) {scores['bleu_tok']:.2f} | chrF {scores['chrf']:.2f}"
-        )
+        return
+    print(
+        f"{args.src or args.split}: teacher forcing off loss {scores['loss']:.3f} "
+        f"ppl {scores['ppl']:.2f} | teacher-forced loss {scores['teacher_forced_loss']:.3f} "
+        f"ppl {scores['teacher_forced_ppl']:.2f} | BLEU {scores['bleu']:.2f} | "
+        f"BLEU (tokenized) {scores['bleu_tok']:.2f} | chrF {scores['chrf']:.2f}"
+    )
+    for name, key in (("BLEU", "bleu"), ("BLEU (tokenized)", "bleu_tok"), ("chrF", "chrf")):
+        print(f"{name} signature: {scores[f'{key}_signature']}")
 
 
 def cmd_data_stats(args: argparse.Namespace) -> None:
@@ -353,7 +371,6 @@ def build_parser() -> argparse.ArgumentParser:
     translate_parser = verb(
         "translate", "translate sentences (stdin or --input), one per line", cmd_translate
     )
-    add_model_arguments(translate_parser)
     translate_parser.add_argument(
         "--input", help="file of sentences, gzipped if named *.gz (default: stdin)"
     )
@@ -387,12 +404,16 @@ def build_parser() -> argparse.ArgumentParser:
     translate_parser.add_argument(
         "--int8", action="store_true", help="quantize the model to int8 first (faster on CPU)"
     )
+    add_decoding_settings_arguments(translate_parser)
     translate_parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+    add_model_arguments(translate_parser)  # last: --rescore and --channel come after the rest
 
     evaluate_parser = verb(
-        "evaluate", "loss, perplexity, BLEU and chrF of a checkpoint or an ensemble", cmd_evaluate
+        "evaluate",
+        "loss and perplexity (teacher forcing off and teacher-forced), BLEU and chrF of a "
+        "checkpoint or an ensemble, with sacreBLEU's signatures",
+        cmd_evaluate,
     )
-    add_model_arguments(evaluate_parser)
     evaluate_parser.add_argument(
         "--split",
         default="test",
@@ -400,8 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the split of the checkpoint's data (Multi30k or data.*_src files) to score",
     )
     evaluate_parser.add_argument("--data-dir", help="Multi30k folder (default: as trained)")
-    evaluate_parser.add_argument("--src", help="source file to score instead of a split")
-    evaluate_parser.add_argument("--ref", help="reference translations of --src")
+    evaluate_parser.add_argument(
+        "--src", help="source file to score instead of a split (needs --ref)"
+    )
+    evaluate_parser.add_argument("--ref", help="reference translations of --src, line for line")
     evaluate_parser.add_argument(
         "--output",
         help="also write the translations scored here, one a line (atomically; gzipped if "
@@ -410,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_parser.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate_parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     _add_decoding_options(evaluate_parser)
+    add_decoding_settings_arguments(evaluate_parser)
+    add_model_arguments(evaluate_parser)
 
     stats_parser = verb("data-stats", "sizes of a corpus's splits and vocabularies", cmd_data_stats)
     _add_config_options(stats_parser)
@@ -444,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     average_parser.add_argument("--output", required=True, help="the averaged checkpoint to write")
     _add_plot_parser(verb)
     add_serve_parser(verb)
+    add_score_parser(verb)
     return parser
 
 

@@ -345,6 +345,14 @@ def parse_override(assignment: str) -> tuple[str, str, object]:
     return section, key, yaml.safe_load(text) if text.strip() else None
 
 
+def _yaml_problem(path: str | Path, error: yaml.YAMLError) -> str:
+    """`path:line:column: not valid YAML: problem`, where PyYAML knows the place."""
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:
+        return f"{path} is not valid YAML: {error}"
+    return f"{path}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {error.problem}"
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Read a YAML config (or the defaults when `path` is None) and apply `--set` overrides."""
     raw: dict = {}
@@ -356,7 +364,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         except (OSError, UnicodeDecodeError) as error:  # a folder, no permission, not UTF-8
             raise EncdecError(f"config file {path} cannot be read: {error}") from None
         except yaml.YAMLError as error:
-            raise EncdecError(f"config file {path} is not valid YAML: {error}") from None
+            raise EncdecError(f"config file {_yaml_problem(path, error)}") from None
         if not isinstance(raw, dict):
             raise EncdecError(f"config file {path} must hold a mapping of sections")
     for assignment in overrides:

@@ -202,11 +202,17 @@ def multi30k_file(
     cache_dir: Path | None = None,
     base_url: str = MULTI30K_URL,
 ) -> Path:
-    """Find a Multi30k file in data_dir (else $ENCDEC_DATA), then the cache; else download it."""
+    """A Multi30k file from data_dir (else $ENCDEC_DATA), which must hold it; without either,
+    from the cache, else downloaded."""
     name = _multi30k_name(split, lang)
     data_dir = data_dir if data_dir is not None else os.environ.get("ENCDEC_DATA")
-    # A local copy is trusted unchecked, so reading stays fast.
-    if data_dir and (Path(data_dir) / name).is_file():
+    if data_dir:  # a local copy is trusted unchecked, so reading stays fast
+        if not (Path(data_dir) / name).is_file():
+            raise EncdecError(
+                f"{Path(data_dir) / name} not found: the Multi30k folder named by --data-dir, "
+                "data.data_dir or $ENCDEC_DATA must hold the train, val and test_2016_flickr "
+                "files of both languages (encdec download fetches them into the cache)"
+            )
         return Path(data_dir) / name
     cached = _multi30k_cache(cache_dir) / name
     if cached.is_file():

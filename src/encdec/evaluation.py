@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from encdec.batching import Example, collate, evaluation_batches
-from encdec.metrics import bleu, bleu_tok, chrf, perplexity, token_losses
+from encdec.metrics import bleu, bleu_tok, chrf, perplexity, signatures, token_losses
 from encdec.model import Seq2Seq
 from encdec.progress import progress_bar
 
@@ -75,7 +75,8 @@ def evaluate(
     with_translations: bool = False,
     **options,
 ) -> dict:
-    """Loss and perplexity (teacher forcing off), BLEU, tokenized BLEU and chrF on `pairs`.
+    """Loss and perplexity with teacher forcing off and teacher-forced, BLEU, tokenized BLEU and
+    chrF on `pairs`, with sacreBLEU's signatures.
 
     `seed` and `options` are decoding settings, as for `Translator.translations`. With
     `with_translations`, "translations" holds the strings scored, one per pair.
@@ -92,6 +93,14 @@ def evaluate(
         translator.config.training.batch_size,
         description=f"{description} loss".strip(),
     )
+    forced_loss = corpus_loss(
+        translator.model,
+        examples,
+        translator.trg_vocab.pad_idx,
+        translator.config.training.batch_size,
+        teacher_forcing_ratio=1.0,
+        description=f"{description} forced".strip(),
+    )
     translations = translator.translations_of(sources, source_tokens, seed=seed, **options)
     best = [sentence_translations[0] for sentence_translations in translations]
     to_words = translator.trg_tokenizer.to_words
@@ -99,11 +108,14 @@ def evaluate(
     scores = {
         "loss": loss,
         "ppl": perplexity(loss),
+        "teacher_forced_loss": forced_loss,
+        "teacher_forced_ppl": perplexity(forced_loss),
         "bleu": bleu(hypotheses, references),
         "bleu_tok": bleu_tok(
             [to_words(translation.tokens) for translation in best],
             [to_words(tokens) for tokens in reference_tokens],
         ),
         "chrf": chrf(hypotheses, references),
+        **signatures(),
     }
     return scores | {"translations": hypotheses} if with_translations else scores

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 
-import sacrebleu
 import torch
-from sacrebleu.metrics import CHRF
+from sacrebleu.metrics import BLEU, CHRF
 from torch.nn import functional as F
 
 
@@ -15,21 +14,42 @@ def perplexity(loss: float) -> float:
     return math.exp(min(loss, 100.0))
 
 
+def _bleu() -> BLEU:
+    return BLEU(lowercase=True)
+
+
+def _bleu_tok() -> BLEU:
+    return BLEU(tokenize="none", force=True)
+
+
+def _chrf() -> CHRF:
+    return CHRF(lowercase=True)
+
+
 def bleu(hypotheses: list[str], references: list[str]) -> float:
     """sacreBLEU corpus BLEU, lowercased, of detokenized text against the raw references."""
-    return sacrebleu.corpus_bleu(hypotheses, [references], lowercase=True).score
+    return _bleu().corpus_score(hypotheses, [references]).score
 
 
 def bleu_tok(hypothesis_tokens: list[list[str]], reference_tokens: list[list[str]]) -> float:
     """BLEU on given tokens (no re-tokenization), the way the seq2seq tutorials score."""
     hypotheses = [" ".join(tokens) for tokens in hypothesis_tokens]
     references = [" ".join(tokens) for tokens in reference_tokens]
-    return sacrebleu.corpus_bleu(hypotheses, [references], tokenize="none", force=True).score
+    return _bleu_tok().corpus_score(hypotheses, [references]).score
 
 
 def chrf(hypotheses: list[str], references: list[str]) -> float:
     """sacreBLEU corpus chrF (character 6-grams), lowercased like `bleu`; kinder to near-misses."""
-    return CHRF(lowercase=True).corpus_score(hypotheses, [references]).score
+    return _chrf().corpus_score(hypotheses, [references]).score
+
+
+def signatures() -> dict[str, str]:
+    """sacreBLEU's signature of `bleu`, `bleu_tok` and `chrf` (one reference a sentence), the
+    string that makes a published score comparable, keyed "bleu_signature" and so on."""
+    made = {"bleu": _bleu(), "bleu_tok": _bleu_tok(), "chrf": _chrf()}
+    for metric in made.values():
+        metric.corpus_score(["a"], [["a"]])  # sacreBLEU counts the references before it signs
+    return {f"{name}_signature": metric.get_signature().format() for name, metric in made.items()}
 
 
 def token_losses(

@@ -168,6 +168,11 @@ def plot_attention(
     beam_size: int | None = None,
 ) -> Path:
     """The attention heatmap of the checkpoint's best translation of `sentence`."""
+    if not sentence.strip():
+        raise EncdecError(
+            "the sentence to plot is empty: give one in quotes, e.g. "
+            'encdec plot attention CHECKPOINT "Ein Mann fährt Fahrrad."'
+        )
     translator = Translator.load(checkpoint)
     if translator.model.decoder.attention is None:
         raise EncdecError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import socket
 from dataclasses import dataclass
@@ -17,6 +18,12 @@ HELP = "a JSON API and a web page that translate with a checkpoint or an ensembl
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) == 0:
         raise argparse.ArgumentTypeError(f"must be a whole number above 0, not {text!r}")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 0 to 65535, not {text!r}")
     return int(text)
 
 
@@ -43,11 +50,10 @@ class Limits:
 def add_serve_parser(verb) -> None:
     """The `serve` verb and its options (`verb` is cli.build_parser's sub-parser maker)."""
     parser = verb("serve", HELP, serve)
-    add_model_arguments(parser)
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)"
     )
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (0: any free one)")
+    parser.add_argument("--port", type=_port, default=8000, help="TCP port (0: any free one)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--beam",
@@ -90,6 +96,7 @@ def add_serve_parser(verb) -> None:
             metavar="N",
             help=meaning,
         )
+    add_model_arguments(parser)  # last: --rescore and --channel come after the rest
 
 
 def _api_key(variable: str | None) -> str | None:
@@ -110,16 +117,29 @@ def _listening_socket(host: str, port: int) -> socket.socket:
         listener.bind((host, port))
     except OSError as error:
         listener.close()
-        raise EncdecError(
-            f"cannot listen on {host} port {port}: {error.strerror}; choose another --port"
-        ) from None
+        raise EncdecError(f"cannot listen on {host} port {port}: {_bind_advice(error)}") from None
     return listener
+
+
+def _bind_advice(error: OSError) -> str:
+    """What went wrong binding, and which option to change."""
+    if isinstance(error, socket.gaierror):
+        return f"no such host ({error.strerror}); check --host"
+    if error.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"{error.strerror}: --host must be an address of this machine "
+            "(127.0.0.1 for itself only, 0.0.0.0 for every interface)"
+        )
+    if error.errno == errno.EACCES:
+        return f"{error.strerror}: ports below 1024 need root; choose --port 1024 or above"
+    if error.errno == errno.EADDRINUSE:
+        return f"{error.strerror}: choose another --port (0: any free one)"
+    return f"{error.strerror}; check --host and --port"
 
 
 def serve(args: argparse.Namespace) -> None:
     """Load the checkpoints, then answer HTTP requests until stopped."""
-    from encdec.config import decoding_with
-    from encdec.server import create_app, run
+    from encdec.server import run
 
     api_key = _api_key(args.api_key_env)
     limits = Limits(
@@ -127,6 +147,20 @@ def serve(args: argparse.Namespace) -> None:
     )
     if args.beam is not None and args.beam > limits.max_beam_size:
         raise EncdecError(f"--beam {args.beam} is above --max-beam-size {limits.max_beam_size}")
+    listener = _listening_socket(args.host, args.port)  # a bad address fails before loading
+    try:
+        app = _app(args, limits, api_key)
+    except BaseException:
+        listener.close()
+        raise
+    run(app, listener)
+
+
+def _app(args: argparse.Namespace, limits: Limits, api_key: str | None):
+    """The checkpoints of the command line behind the HTTP service."""
+    from encdec.config import decoding_with
+    from encdec.server import create_app
+
     translator = load_translator(args)
     if args.beam is not None:
         decoding = translator.config.decoding
@@ -136,5 +170,4 @@ def serve(args: argparse.Namespace) -> None:
             "--rescore and --channel rerank a beam, but the checkpoint decodes greedily: "
             "add --beam 5 (or another beam above 1) for the requests that ask for none"
         )
-    app = create_app(translator, limits, args.max_batch_sentences, args.max_wait_ms, api_key)
-    run(app, _listening_socket(args.host, args.port))
+    return create_app(translator, limits, args.max_batch_sentences, args.max_wait_ms, api_key)
