@@ -6,6 +6,8 @@ import re
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -175,6 +177,23 @@ def test_the_answer_says_how_long_it_took(client):
 def test_a_body_over_the_limit_is_413(client):
     response = client.post("/translate", json={"text": ["a" * 50] * 100})
     assert_error(response, 413, "max_body_bytes", "4000")
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+def test_a_body_far_over_the_limit_gets_its_413_read_by_urllib(demo_server, declared):
+    # urllib sends the whole body before it reads the answer: a server that answers and
+    # closes with megabytes unread makes the kernel reset the connection, answer and all
+    body = b'{"text": ["' + b"a" * 10_000_000 + b'"]}'
+    data = body if declared else iter([body[i : i + 65536] for i in range(0, len(body), 65536)])
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    if not declared:
+        headers["Transfer-Encoding"] = "chunked"
+    request = urllib.request.Request(f"{demo_server.url}/translate", data, headers, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(request, timeout=60)
+    assert answer.value.code == 413
+    message = json.loads(answer.value.read())["error"]
+    assert "max_body_bytes = 4000" in message
 
 
 def test_too_many_sentences_is_422_naming_the_limit(client):

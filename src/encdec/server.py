@@ -123,19 +123,29 @@ def _problem(error: dict) -> str:
     return f"'{field}': {error['msg']}"
 
 
+# A body over max_body_bytes is still read (and dropped) up to this size: a client that sends
+# all of it before reading the answer (urllib, requests) then reads the 413, where closing with
+# bytes unread would make the kernel reset the connection, answer and all.
+DRAINED_BYTES = 64 * 2**20
+
+
 async def _body(request: Request, max_body_bytes: int) -> bytes:
-    """The request body, read only up to the limit."""
+    """The request body, kept only up to the limit; over it, a 413."""
     too_large = refusal(
         413, f"the request body is over the limit max_body_bytes = {max_body_bytes}"
     )
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_body_bytes:
-        raise too_large
-    body = bytearray()
+    if declared.isdigit() and int(declared) > max(max_body_bytes, DRAINED_BYTES):
+        raise too_large  # too big even to drop: answered at once, the client may see a reset
+    body, size = bytearray(), 0
     async for piece in request.stream():
-        body += piece
-        if len(body) > max_body_bytes:
-            raise too_large
+        size += len(piece)
+        if size <= max_body_bytes:
+            body += piece
+        elif size > DRAINED_BYTES:
+            break
+    if size > max_body_bytes:
+        raise too_large
     return bytes(body)
 
 
