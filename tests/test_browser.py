@@ -170,3 +170,32 @@ def test_a_temperature_samples_instead_of_searching(page, server):
     assert beam_size.is_enabled()
     page.find_element(By.ID, "translate").click()
     wait(page, lambda: translations(page) == [t["text"] for t in searched["translations"]])
+
+
+def test_an_error_clears_the_results_and_timing_of_the_last_request(page):
+    type_source(page, "good morning")
+    page.find_element(By.ID, "translate").click()
+    wait(page, lambda: translations(page))
+    assert page.find_element(By.ID, "timing").text.endswith(" ms")
+    set_number(page, "beam-size", 9)  # over --max-beam-size 5
+    page.find_element(By.ID, "translate").click()
+    error = page.find_element(By.ID, "error")
+    wait(page, lambda: error.is_displayed())
+    assert "max_beam_size" in error.text
+    assert translations(page) == []
+    assert page.find_element(By.ID, "timing").text == ""
+    assert not page.find_element(By.ID, "details").is_displayed()
+
+
+def test_sampling_asks_for_one_translation_whatever_the_n_best_field_says(page):
+    set_number(page, "beam-size", 3)
+    set_number(page, "n-best", 3)
+    set_number(page, "temperature", 0.8)
+    assert not page.find_element(By.ID, "n-best").is_enabled()
+    type_source(page, "good morning")
+    page.find_element(By.ID, "translate").click()
+    wait(page, lambda: translations(page))
+    assert not page.find_element(By.ID, "error").is_displayed()
+    assert len(page.find_elements(By.CSS_SELECTOR, "#n-best-list tbody tr")) == 1
+    set_number(page, "temperature", 0)
+    assert page.find_element(By.ID, "n-best").is_enabled()

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import logging
 import re
 import signal
 import threading
@@ -281,6 +282,8 @@ def test_malformed_json_is_400(client):
         ({"text": ["hi"], "beam": 5}, ("unknown field 'beam'", "beam_size")),
         ({"beam_size": 2}, ("'text' is required",)),
         ({"text": ["hi", 3]}, ("text.1", "string")),
+        ({"text": 5}, ("'text': must be a string (one sentence a line) or a list", "a number")),
+        ({"text": None}, ("'text': must be a string", "not null")),
         ({"text": ["hi"], "beam_size": "5"}, ("beam_size",)),
         ({"text": ["hi"], "temperature": -1}, ("temperature",)),
         ({"text": ["hi"], "seed": 1.5}, ("seed",)),
@@ -301,15 +304,25 @@ def test_an_unknown_path_is_404(client):
 
 
 @pytest.mark.parametrize(
-    "authorization", [None, f"Bearer {API_KEY}x", API_KEY, "Bearer", f"Basic {API_KEY}"]
+    ("authorization", "problem"),
+    [
+        (None, "this server needs an API key"),
+        (f"Bearer {API_KEY}x", "wrong API key"),
+        (f"bearer  {API_KEY[:-1]}", "wrong API key"),
+        (API_KEY, "send the API key as 'Authorization: Bearer <key>'"),
+        ("Bearer", "send the API key as 'Authorization: Bearer <key>'"),
+        (f"Basic {API_KEY}", "send the API key as 'Authorization: Bearer <key>'"),
+    ],
 )
-def test_without_the_right_key_the_api_is_401(demo_server, authorization):
+def test_without_the_right_key_the_api_is_401_saying_what_is_wrong(
+    demo_server, authorization, problem
+):
     headers = {"Authorization": authorization} if authorization else {}
     for response in (
         httpx.post(f"{demo_server.url}/translate", json={"text": ["hi"]}, headers=headers),
         httpx.get(f"{demo_server.url}/info", headers=headers),
     ):
-        assert_error(response, 401, "API key")
+        assert_error(response, 401, "API key", problem)
         assert response.headers["WWW-Authenticate"] == "Bearer"
 
 
@@ -521,3 +534,52 @@ def test_the_request_body_shape_matches_the_issue(client):
     assert response.status_code == 200
     (translation,) = response.json()["translations"]
     assert set(translation) == {"text", "tokens", "score", "n_best", "source_tokens"}
+
+
+@pytest.mark.parametrize("body", [b'{"text": ["hi", "\\ud800"]}', b'{"text": "hi\\nx\\udfff"}'])
+def test_a_lone_surrogate_is_422_naming_the_sentence(client, demo_server, body):
+    response = client.post("/translate", content=body)
+    assert_error(response, 422, "'text': sentence 2 holds", "lone surrogate")
+    time.sleep(0.5)  # the log line is written as the answer leaves
+    assert "Traceback" not in demo_server.log.read_text()
+
+
+def test_an_internal_error_is_answered_500_and_logged_once(demo_checkpoint, caplog):
+    from starlette.testclient import TestClient
+
+    from encdec.serve import Limits
+    from encdec.server import create_app
+
+    translator = Translator.load(demo_checkpoint, device="cpu")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    translator.translations = broken
+    app = create_app(translator, Limits(), 8, 1.0, None)
+    # the exception must not leave the app: uvicorn (here the test client) would log it again
+    with caplog.at_level(logging.ERROR), TestClient(app) as http:
+        response = http.post("/translate", json={"text": ["hi"]})
+    assert_error(response, 500, "internal error")
+    logged = [record for record in caplog.records if record.exc_info]
+    assert [record.getMessage() for record in logged] == ["internal error on POST /translate"]
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1", "http"])
+def test_a_port_outside_0_to_65535_is_refused_naming_it(port, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "best.pt", "--port", port])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"argument --port: must be a TCP port, 0 to 65535, not '{port}'" in error
+    assert "Traceback" not in error
+
+
+def test_a_host_that_is_not_this_machines_blames_the_host_before_loading(tmp_path, capsys):
+    # 10.99.99.99 is no address of the test machine: binding fails at once, sending nothing
+    argv = ["serve", str(tmp_path / "not_loaded.pt"), "--host", "10.99.99.99", "--port", "0"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1
+    assert "cannot listen on 10.99.99.99 port 0" in error
+    assert "--host must be an address of this machine" in error and "--port" not in error

@@ -18,6 +18,7 @@ from importlib.resources import files
 import torch
 import uvicorn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -47,6 +48,10 @@ PAGE_HEADERS = {
 }
 
 
+JSON_KINDS = {type(None): "null", bool: "true or false", int: "a number", float: "a number"}
+JSON_KINDS |= {dict: "an object"}
+
+
 class TranslateRequest(BaseModel):
     """The JSON body of POST /translate; a field left out takes the checkpoint's setting."""
 
@@ -66,7 +71,31 @@ class TranslateRequest(BaseModel):
     @field_validator("text", mode="before")
     @classmethod
     def _one_sentence_a_line(cls, text: object) -> object:
-        return split_lines(text) if isinstance(text, str) else text
+        if isinstance(text, str):
+            return split_lines(text)
+        if not isinstance(text, list):
+            raise PydanticCustomError(
+                "text_type",
+                "must be a string (one sentence a line) or a list of strings, not {kind}",
+                {"kind": JSON_KINDS.get(type(text), type(text).__name__)},
+            )
+        return text
+
+    @field_validator("text")
+    @classmethod
+    def _unicode_text(cls, text: list[str]) -> list[str]:
+        """JSON may escape a lone surrogate (\\ud800), which no tokenizer can read."""
+        for number, sentence in enumerate(text, start=1):
+            try:
+                sentence.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise PydanticCustomError(
+                    "unicode",
+                    "sentence {number} holds {character}, a lone surrogate, which is not "
+                    "Unicode text: send each character whole (a surrogate pair or UTF-8)",
+                    {"number": number, "character": ascii(error.object[error.start])},
+                ) from None
+        return text
 
 
 # the decoding settings a request may set; the rest stay the checkpoint's
@@ -250,6 +279,32 @@ class RequestLog:
             )
 
 
+class AnswerInternalErrors:
+    """A bug's traceback is logged once, here, and answered with a 500; nothing escapes to
+    uvicorn, which would log it again."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_start)
+        except Exception as error:
+            log.error("internal error on %s %s", scope["method"], scope["path"], exc_info=error)
+            if not started:
+                answer = {"error": "internal error (the server's log has the details)"}
+                await JSONResponse(answer, 500)(scope, receive, send)
+
+
 class RequireApiKey:
     """401 unless `Authorization: Bearer <key>`; the page and /health stay open."""
 
@@ -259,18 +314,28 @@ class RequireApiKey:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.api_key is None or scope["type"] != "http" or _is_open(scope["path"]):
             return await self.app(scope, receive, send)
-        scheme, _, given = Request(scope).headers.get("authorization", "").partition(" ")
+        authorization = Request(scope).headers.get("authorization")
+        scheme, _, given = (authorization or "").partition(" ")
         # compare_digest takes as long for a near miss as for a wild guess
         if scheme.lower() == "bearer" and hmac.compare_digest(
             given.strip().encode(), self.api_key.encode()
         ):
             return await self.app(scope, receive, send)
         response = JSONResponse(
-            {"error": "this server needs an API key: send 'Authorization: Bearer <key>'"},
+            {"error": _key_problem(authorization, scheme)},
             status_code=401,
             headers={"WWW-Authenticate": "Bearer"},
         )
         await response(scope, receive, send)
+
+
+def _key_problem(authorization: str | None, scheme: str) -> str:
+    """Why the Authorization header (or its absence) is refused."""
+    if authorization is None:
+        return "this server needs an API key: send 'Authorization: Bearer <key>'"
+    if scheme.lower() != "bearer" or not authorization.partition(" ")[2].strip():
+        return "send the API key as 'Authorization: Bearer <key>'"
+    return "wrong API key: the key sent is not the one this server was started with"
 
 
 def _is_open(path: str) -> bool:
@@ -364,8 +429,12 @@ def create_app(
             Route("/info", service.model),
             Mount(PAGE_FILES.rstrip("/"), StaticFiles(packages=[("encdec", "web")])),
         ],
-        middleware=[Middleware(RequestLog), Middleware(RequireApiKey, api_key=api_key)],
-        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+        middleware=[
+            Middleware(RequestLog),
+            Middleware(AnswerInternalErrors),
+            Middleware(RequireApiKey, api_key=api_key),
+        ],
+        exception_handlers={HTTPException: _http_error},
         lifespan=service.lifespan,
     )
 
@@ -378,11 +447,6 @@ async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
         allowed = (error.headers or {}).get("Allow", "")
         message = f"{request.method} is not allowed on {request.url.path} (allowed: {allowed})"
     return JSONResponse({"error": message}, status_code=error.status_code, headers=error.headers)
-
-
-async def _server_error(request: Request, error: Exception) -> JSONResponse:
-    log.error("internal error on %s %s", request.method, request.url.path, exc_info=error)
-    return JSONResponse({"error": "internal error (the server's log has the details)"}, 500)
 
 
 class AnnouncingServer(uvicorn.Server):

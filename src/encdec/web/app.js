@@ -76,9 +76,11 @@ function sampling() {
   return Number(byId("temperature").value) > 0;
 }
 
-// Sampling draws one token at a time: the beam size counts only at temperature 0.
+// Sampling draws one translation, a token at a time: the beam size and the n-best list count
+// only at temperature 0.
 function showSearchOrSampling() {
   byId("beam-size").disabled = sampling();
+  byId("n-best").disabled = sampling();
 }
 
 async function translate() {
@@ -86,7 +88,7 @@ async function translate() {
   if (sentences.length === 0) return;
   const request = {
     text: sentences,
-    n_best: Number(byId("n-best").value) || 1,
+    n_best: sampling() ? 1 : Number(byId("n-best").value) || 1,
     attention: Boolean(model && model.attention),
   };
   if (sampling()) {
@@ -102,10 +104,18 @@ async function translate() {
     showTranslations();
     byId("timing").textContent = `${answer.elapsed_ms} ms`;
   } catch (error) {
+    clearTranslations();  // results of earlier settings must not pass for this request's
     showError(error.message);
   } finally {
     byId("translate").disabled = false;
   }
+}
+
+function clearTranslations() {
+  results = [];
+  byId("translations").replaceChildren();
+  byId("timing").textContent = "";
+  byId("details").hidden = true;
 }
 
 function showTranslations() {
