@@ -22,7 +22,7 @@ def test_split_and_model(multi30k_dir):
 
 def test_batched_greedy_equals_one_sentence_at_a_time_on_test_2016(test_split_and_model):
     corpus, model = test_split_and_model
-    vocab, examples = corpus.trg_vocab, corpus.examples["test"]
+    vocab, examples = corpus.trg_vocab, corpus.ids["test"]
     pad = corpus.src_vocab.pad_idx
     assert len(examples) == 1000
     batched = [
@@ -32,9 +32,9 @@ def test_batched_greedy_equals_one_sentence_at_a_time_on_test_2016(test_split_an
         )
     ]
     one_at_a_time = DecodingConfig(max_len=25, batch_size=1)
-    alone = [
-        decode_examples(model, [example], vocab, one_at_a_time, src_pad_idx=pad)[0][0].ids
-        for example in examples
+    alone = [  # batches of one sentence each
+        best.ids
+        for (best,) in decode_examples(model, examples, vocab, one_at_a_time, src_pad_idx=pad)
     ]
     differing = [i for i, (a, b) in enumerate(zip(batched, alone)) if a != b]
     assert differing == []

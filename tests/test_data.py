@@ -366,7 +366,8 @@ def tsv_corpus_config(tmp_path: Path, pairs: list[tuple[str, str]], **data) -> D
 def train_tokens(corpus, side: int) -> list[list[str]]:
     """The training split's tokens of one side (0 source, 1 target) in reading order."""
     vocab = (corpus.src_vocab, corpus.trg_vocab)[side]
-    token_lists = [vocab.decode(example[side]) for example in corpus.examples["train"]]
+    train = corpus.ids["train"]
+    token_lists = [vocab.decode(train.pair(index)[side]) for index in range(len(train))]
     return [tokens[::-1] for tokens in token_lists] if side == 0 else token_lists
 
 
@@ -374,14 +375,14 @@ def test_empty_and_blank_pairs_are_skipped_and_counted(tmp_path):
     pairs = [*SHORT_PAIRS, ("", "algo"), ("   ", "algo"), ("something", "   ")]
     corpus = build_corpus(tsv_corpus_config(tmp_path, pairs))
     assert corpus.skipped == {"empty": 3}
-    assert corpus.pairs["train"] == SHORT_PAIRS
+    assert train_tokens(corpus, 0) == [source.split() for source, _ in SHORT_PAIRS]
 
 
 def test_long_pairs_drop_leaves_out_pairs_over_max_len_and_counts_them(tmp_path):
     corpus = build_corpus(tsv_corpus_config(tmp_path, [*SHORT_PAIRS, LONG_PAIR], max_len=3))
     assert corpus.skipped == {"longer than max_len": 1}
     assert corpus.truncated == 0
-    assert corpus.pairs["train"] == SHORT_PAIRS
+    assert train_tokens(corpus, 1) == [target.split() for _, target in SHORT_PAIRS]
 
 
 def test_long_pairs_truncate_cuts_each_side_to_max_len_and_counts_them(tmp_path):
@@ -392,9 +393,10 @@ def test_long_pairs_truncate_cuts_each_side_to_max_len_and_counts_them(tmp_path)
     assert (corpus.skipped, corpus.truncated) == ({}, 1)
     assert train_tokens(corpus, 0)[-1] == ["one", "two", "three"]
     assert train_tokens(corpus, 1)[-1] == ["uno", "dos", "tres"]
-    src_ids, trg_ids = corpus.examples["train"][-1]
+    src_ids, trg_ids = corpus.ids["train"].pair(len(corpus.ids["train"]) - 1)
     assert len(src_ids) == len(trg_ids) == 3 + 2  # <sos> and <eos> around the cut sentence
-    assert corpus.examples["valid"][-1][0][1:-1] != src_ids[1:-1]  # other splits stay whole
+    valid = corpus.ids["valid"]
+    assert valid.pair(len(valid) - 1)[0][1:-1] != src_ids[1:-1]  # other splits stay whole
 
 
 def test_long_pairs_must_be_drop_or_truncate():

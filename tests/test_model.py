@@ -1,9 +1,9 @@
 """Tests for encdec.model: shapes, the published size, initialisation, and the fast decoder path."""
 
-import random
-
+import numpy as np
 import pytest
 import torch
+from pairs import pairs_of_examples
 from torch import nn
 from torch.ao.nn.quantized import dynamic as quantized_dynamic
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
@@ -148,7 +148,8 @@ def test_fast_path_matches_step_loop():
         (src[:n, b].tolist(), trg[:m, b].tolist())
         for b, (n, m) in enumerate(zip(src_lengths, trg_lengths))
     ]
-    epoch_loss = run_epoch(model, examples, [[0, 1, 2, 3]], PAD, teacher_forcing_ratio=1.0).loss
+    pairs = pairs_of_examples(examples)
+    epoch_loss = run_epoch(model, pairs, [[0, 1, 2, 3]], PAD, teacher_forcing_ratio=1.0).loss
     criterion = nn.CrossEntropyLoss(ignore_index=PAD, reduction="sum")
     loop_loss = criterion(by_hand.flatten(0, 1), trg[1:].flatten()) / sum(
         m - 1 for m in trg_lengths
@@ -195,8 +196,8 @@ def parameters_after_two_steps(corpus, seed: int) -> dict[str, torch.Tensor]:
     seed_everything(seed)
     config = ModelConfig(embedding_dim=16, hidden_dim=32, dropout=0.5)
     model = build_model(config, len(corpus.src_vocab), len(corpus.trg_vocab))
-    examples = corpus.examples["train"]
-    batches = bucket_batches(examples, 8, 4, random.Random(seed))
+    examples = corpus.ids["train"]
+    batches = bucket_batches(examples, 8, 4, np.random.default_rng(seed))
     pad_idx = corpus.trg_vocab.pad_idx
     # dropout and teacher-forcing coins both draw random numbers
     coins = torch.Generator().manual_seed(seed)
@@ -217,7 +218,7 @@ def test_same_seed_gives_identical_parameters_after_training_steps(toy_corpus):
 def test_collated_batch_feeds_forward():
     """A batch from collate() (the training path) goes through the model unchanged in shape."""
     examples = [([SOS, 5, 6, EOS], [SOS, 7, EOS]), ([SOS, 5, EOS], [SOS, 7, 8, 9, EOS])]
-    batch = collate(examples, [0, 1], PAD)
+    batch = collate(pairs_of_examples(examples), [0, 1], PAD)
     logits = tiny_model()(batch.src, batch.src_lengths, batch.trg)
     assert logits.shape == (batch.trg.shape[0] - 1, 2, TRG_VOCAB)
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from pairs import pairs_of_examples
 from torch import nn
 
 from encdec.batching import collate
@@ -59,6 +60,7 @@ def greedy_by_hand(model: Seq2Seq, source: list[int], max_len: int) -> list[int]
     with torch.no_grad():
         for _ in range(max_len):
             logits, state = model.decoder(token, state)  # (1, 1, V)
+            logits[..., [PAD, SOS]] = float("-inf")  # never chosen
             token = logits.argmax(-1)  # (1, 1)
             if token.item() == EOS:
                 break
@@ -67,7 +69,8 @@ def greedy_by_hand(model: Seq2Seq, source: list[int], max_len: int) -> list[int]
 
 
 def decode_batch(model: Seq2Seq, sources: list[list[int]], max_len: int, **options):
-    batch = collate([(source, [SOS, EOS]) for source in sources], list(range(len(sources))), PAD)
+    examples = pairs_of_examples([(source, [SOS, EOS]) for source in sources])
+    batch = collate(examples, list(range(len(sources))), PAD)
     hypotheses = decode(model, batch.src, batch.src_lengths, SOS, EOS, max_len, **options)
     return [hypothesis.ids for hypothesis in hypotheses]
 
@@ -84,7 +87,7 @@ def test_batch_decodes_like_each_sentence_alone(model):
     alone = [decode_batch(model, [source], max_len=12)[0] for source in SOURCES]
     assert decode_batch(model, SOURCES, max_len=12) == alone
     assert len({len(ids) for ids in alone}) > 1  # sentences leave the batch at different steps
-    examples = [(source, [SOS, EOS]) for source in SOURCES]
+    examples = pairs_of_examples([(source, [SOS, EOS]) for source in SOURCES])
     decoding = DecodingConfig(max_len=12, batch_size=2)
     hypotheses = decode_examples(model, examples, TRG_VOCAB_TOKENS, decoding, src_pad_idx=PAD)
     assert [best.ids for (best,) in hypotheses] == alone
@@ -97,6 +100,18 @@ def test_decoding_stops_at_eos_and_leaves_it_out(model):
     generator = torch.Generator().manual_seed(0)
     sampled = decode_batch(model, SOURCES, max_len=12, temperature=1.0, generator=generator)
     assert sampled == [[] for _ in SOURCES]
+
+
+def test_pad_and_sos_are_never_chosen_by_any_search(model):
+    with torch.no_grad():
+        model.decoder.fc_out.bias[[PAD, SOS]] = 1e4  # by far the likeliest tokens every step
+    generator = torch.Generator().manual_seed(0)
+    found = [
+        *decode_batch(model, SOURCES, max_len=12),
+        *decode_batch(model, SOURCES, max_len=12, temperature=5.0, generator=generator),
+        *(h.ids for n_best in beam_batch(model, SOURCES, beam_size=3, n_best=3) for h in n_best),
+    ]
+    assert not any({PAD, SOS} & set(ids) for ids in found) and any(found)
 
 
 def test_decoding_stops_at_max_len(model):
@@ -137,7 +152,8 @@ def log_probability(model: Seq2Seq, source: list[int], ids: list[int]) -> float:
 
 
 def beam_batch(model: Seq2Seq, sources: list[list[int]], beam_size: int, **options):
-    batch = collate([(source, [SOS, EOS]) for source in sources], list(range(len(sources))), PAD)
+    examples = pairs_of_examples([(source, [SOS, EOS]) for source in sources])
+    batch = collate(examples, list(range(len(sources))), PAD)
     return beam_search(
         model, batch.src, batch.src_lengths, SOS, EOS, 12, beam_size=beam_size, **options
     )
@@ -176,7 +192,8 @@ def test_beam_score_is_at_least_the_greedy_score(model):
 
 
 def decode_hypotheses(model: Seq2Seq, sources: list[list[int]]):
-    batch = collate([(source, [SOS, EOS]) for source in sources], list(range(len(sources))), PAD)
+    examples = pairs_of_examples([(source, [SOS, EOS]) for source in sources])
+    batch = collate(examples, list(range(len(sources))), PAD)
     return decode(model, batch.src, batch.src_lengths, SOS, EOS, 12)
 
 

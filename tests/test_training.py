@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pairs import pairs_of_examples
 from torch import nn
 from torch.nn import functional as F
 
@@ -30,11 +31,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PAD, VOCAB_SIZE = 1, 12  # <pad> is id 1 in every encdec vocabulary
 # (source, target) ids with <sos>=2 and <eos>=3; different lengths, so the batch has padding
-EXAMPLES = [
-    ([2, 4, 5, 6, 3], [2, 7, 8, 3]),
-    ([2, 9, 3], [2, 10, 11, 4, 5, 3]),
-    ([2, 6, 7, 8, 9, 10, 3], [2, 11, 3]),
-]
+EXAMPLES = pairs_of_examples(
+    [
+        ([2, 4, 5, 6, 3], [2, 7, 8, 3]),
+        ([2, 9, 3], [2, 10, 11, 4, 5, 3]),
+        ([2, 6, 7, 8, 9, 10, 3], [2, 11, 3]),
+    ]
+)
 TINY_MODEL = ModelConfig(embedding_dim=8, hidden_dim=16, num_layers=1, dropout=0.0)
 
 

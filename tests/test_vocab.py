@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from encdec.config import DataConfig
-from encdec.corpus import build_corpus
+from encdec.corpus import build_corpus, read_splits
 from encdec.errors import EncdecError
 from encdec.tokenize import Tokenizer
 from encdec.vocab import EOS, PAD, SOS, SPECIALS, UNK, Vocab
@@ -120,7 +120,7 @@ def test_multi30k_vocab_sizes_match_the_textbook(multi30k_corpus):
 
 
 @pytest.mark.parametrize("side, lang", [(0, "de"), (1, "en")])
-def test_multi30k_vocab_is_built_from_training_only(multi30k_corpus, side, lang):
+def test_multi30k_vocab_is_built_from_training_only(multi30k_corpus, multi30k_dir, side, lang):
     vocab = (multi30k_corpus.src_vocab, multi30k_corpus.trg_vocab)[side]
     pairs = multi30k_corpus.pairs
     test_counts = Counter(
@@ -128,7 +128,8 @@ def test_multi30k_vocab_is_built_from_training_only(multi30k_corpus, side, lang)
         for tokens in Tokenizer("spacy", lang).tokenize_many(pair[side] for pair in pairs["test"])
         for token in tokens
     )
-    train_text = " ".join(pair[side] for pair in pairs["train"]).lower()
+    train_pairs = read_splits(DataConfig(data_dir=str(multi30k_dir)))["train"]
+    train_text = " ".join(pair[side] for pair in train_pairs).lower()
     # frequent enough in test alone that a vocab built from all splits would have kept it
     test_only = [
         token for token, count in test_counts.items() if count >= 2 and token not in train_text
@@ -155,7 +156,7 @@ def test_subword_corpus_learns_pieces_from_training_split_only(tmp_path):
     )
     corpus = build_corpus(config)
     assert not {"z", "b", "g", "p"} & {piece.strip("\u2581") for piece in corpus.src_vocab.itos}
-    src_ids, _ = corpus.examples["train"][0]
+    src_ids, _ = corpus.ids["train"].pair(0)
     pieces = corpus.src_vocab.decode(src_ids)
     assert corpus.src_tokenizer.to_words(pieces[::-1]) == ["the", "dog", "runs"]  # reversed
 
@@ -193,7 +194,7 @@ def test_joint_vocab_holds_both_sides_words_counting_them_together(tmp_path):
     joint = build_corpus(tsv_config(tmp_path, JOINT_LINES, min_freq=2, joint_vocab=True))
     assert joint.src_vocab == joint.trg_vocab
     assert joint.src_vocab.itos[len(SPECIALS) :] == ["el", "radio", "the"]
-    _, trg_ids = joint.examples["train"][3]
+    _, trg_ids = joint.ids["train"].pair(3)
     assert joint.trg_vocab.decode(trg_ids) == [UNK, "radio"]  # "una radio"
 
 

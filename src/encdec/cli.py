@@ -27,6 +27,8 @@ from encdec.translate_command import cmd_translate, decoding_options, text_of_li
 EXAMPLES = {
     "train": "encdec train --config configs/multi30k_seed.yaml --data-dir ../shared/data/multi30k "
     "--out runs/seed",
+    "prepare": "encdec prepare --config configs/multi30k_seed.yaml --data-dir "
+    "../shared/data/multi30k --out prepared/de-en",
     "translate": 'echo "Ein Mann fährt Fahrrad." | encdec translate runs/seed/best.pt --beam 5',
     "evaluate": "encdec evaluate runs/seed/best.pt --split test --json",
     "data-stats": "encdec data-stats --data-dir ../shared/data/multi30k --src de --trg en",
@@ -123,10 +125,38 @@ def _config_from_args(args: argparse.Namespace, extra_overrides: tuple[str, ...]
     overrides = [*args.set, *extra_overrides]
     if args.data_dir:
         overrides.append(f"data.data_dir={args.data_dir}")
+    if getattr(args, "prepared", None):
+        overrides.append(f"data.prepared={args.prepared}")
     for key in ("epochs", "max_steps"):
         if getattr(args, key, None) is not None:
             overrides.append(f"training.{key}={getattr(args, key)}")
     return load_config(args.config, overrides)
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from encdec.prepare import prepare
+
+    config = _config_from_args(args)
+    with silence_bars(args.quiet):
+        manifest = prepare(config.data, args.out, args.workers, args.overwrite)
+    pairs = ", ".join(f"{split} {count:,}" for split, count in manifest["pairs"].items())
+    sizes = manifest["vocab_sizes"]
+    print(f"{args.out}: {pairs} pairs; vocabularies {sizes['src']:,} / {sizes['trg']:,}")
+
+
+def _add_prepare_parser(verb) -> None:
+    parser = verb(
+        "prepare",
+        "tokenize a config's splits once into id arrays that encdec train --prepared maps",
+        cmd_prepare,
+    )
+    _add_config_options(parser)
+    parser.add_argument("--out", required=True, help="the folder to make (must not exist)")
+    parser.add_argument(
+        "--workers", type=int, help="processes that tokenize (default: one per core)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -249,12 +279,12 @@ def cmd_data_stats(args: argparse.Namespace) -> None:
         args, tuple(f"data.{key}={value}" for key, value in options.items() if value is not None)
     )
     corpus = build_corpus(config.data)
-    stats = {split: len(examples) for split, examples in corpus.examples.items()}
+    stats = {split: len(pairs) for split, pairs in corpus.ids.items()}
     stats |= {"src_vocab": len(corpus.src_vocab), "trg_vocab": len(corpus.trg_vocab)}
-    for side, name in ((0, "src"), (1, "trg")):
-        lengths = [len(example[side]) - 2 for example in corpus.examples["train"]]
-        stats[f"train_{name}_mean_len"] = round(sum(lengths) / len(lengths), 2)
-        stats[f"train_{name}_max_len"] = max(lengths)
+    train = corpus.ids["train"]
+    for name, sentences in (("src", train.src), ("trg", train.trg)):
+        stats[f"train_{name}_mean_len"] = round(float(sentences.lengths.mean()), 2)
+        stats[f"train_{name}_max_len"] = int(sentences.lengths.max())
     if args.json:
         print(json.dumps(stats))
     else:
@@ -350,6 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_parser = verb("train", "train a model from a config", cmd_train)
     _add_config_options(train_parser)
+    train_parser.add_argument(
+        "--prepared",
+        metavar="DIR",
+        help="train on a folder encdec prepare made (data.prepared); its data settings apply",
+    )
     run_dir = train_parser.add_mutually_exclusive_group(required=True)
     run_dir.add_argument("--out", help="run directory for checkpoints and logs")
     run_dir.add_argument(
@@ -468,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     average_parser.add_argument("--output", required=True, help="the averaged checkpoint to write")
     _add_plot_parser(verb)
+    _add_prepare_parser(verb)
     add_serve_parser(verb)
     add_score_parser(verb)
     return parser

@@ -29,9 +29,11 @@ class DataConfig:
     train_tsv: str | None = None  # or one TSV file per split: source<TAB>target
     valid_tsv: str | None = None
     test_tsv: str | None = None
-    tokenizer: str = "spacy"  # spacy | char
+    prepared: str | None = None  # a folder `encdec prepare` made: the splits as ids, mapped
+    tokenizer: str = "spacy"  # spacy | char | whitespace (text that is already tokenized)
     subwords: str = "none"  # none | bpe | unigram: split words into pieces learnt on train
     subword_vocab_size: int = 8000  # most pieces per side's subword model
+    subword_model: str | None = None  # a `tokenizers` JSON model for both sides, not learnt
     joint_vocab: bool = False  # one vocabulary (and subword model) learnt on both sides
     lowercase: bool = True
     reverse_src: bool = True  # Sutskever et al. (2014): feed the source backwards
@@ -108,7 +110,7 @@ class Config:
 
 CHOICES = {
     ("data", "dataset"): ("multi30k", "files", "toy"),
-    ("data", "tokenizer"): ("spacy", "char"),
+    ("data", "tokenizer"): ("spacy", "char", "whitespace"),
     ("data", "subwords"): ("none", "bpe", "unigram"),
     ("data", "long_pairs"): ("drop", "truncate"),
     ("model", "cell"): ("lstm", "gru"),
@@ -253,6 +255,10 @@ COUNTS_ONLY_WITH = {
     },
     ("data", "subword_vocab_size"): (
         "data.subwords: bpe or unigram",
+        lambda config: config.data.subwords != "none",
+    ),
+    ("data", "subword_model"): (
+        "data.subwords: bpe or unigram (the model's kind)",
         lambda config: config.data.subwords != "none",
     ),
     ("data", "long_pairs"): ("data.max_len", lambda config: config.data.max_len is not None),

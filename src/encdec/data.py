@@ -121,10 +121,10 @@ def read_parallel(src_path: str | Path, trg_path: str | Path) -> list[Pair]:
 def read_tsv(path: str | Path) -> list[Pair]:
     """Read one 'source<TAB>target' pair per line."""
     lines = read_lines(path)
-    return [_split_tsv_line(line, path, number) for number, line in enumerate(lines, start=1)]
+    return [split_tsv_line(line, path, number) for number, line in enumerate(lines, start=1)]
 
 
-def _split_tsv_line(line: str, path: str | Path, line_number: int) -> Pair:
+def split_tsv_line(line: str, path: str | Path, line_number: int) -> Pair:
     """Split a line at its single tab."""
     fields = line.split("\t")
     if len(fields) != 2:

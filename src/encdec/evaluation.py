@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from encdec.batching import Example, collate, evaluation_batches
+from encdec.batching import collate, evaluation_batches
 from encdec.metrics import bleu, bleu_tok, chrf, perplexity, signatures, token_losses
 from encdec.model import Seq2Seq
+from encdec.pair_ids import PairIds
 from encdec.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -22,13 +23,13 @@ if TYPE_CHECKING:
 @torch.no_grad()
 def corpus_loss(
     model: Seq2Seq,
-    examples: Sequence[Example],
+    pairs: PairIds,
     pad_idx: int,
     batch_size: int,
     teacher_forcing_ratio: float = 0.0,
     description: str = "",
 ) -> float:
-    """Mean cross-entropy per target token of `examples`, dropout off.
+    """Mean cross-entropy per target token of `pairs`, dropout off.
 
     With `teacher_forcing_ratio` 0 (the textbook's validation) the decoder reads its own guesses.
     """
@@ -36,9 +37,9 @@ def corpus_loss(
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     n_tokens = 0
-    batches = evaluation_batches(examples, batch_size)
+    batches = evaluation_batches(pairs, batch_size)
     for indices in progress_bar(batches, desc=description, leave=False):
-        batch = collate(examples, indices, pad_idx)
+        batch = collate(pairs, indices, pad_idx)
         trg = batch.trg.to(device)  # (T, B)
         logits = model(batch.src.to(device), batch.src_lengths, trg, teacher_forcing_ratio)
         # the prediction at step t is scored against trg[t + 1]: logits (T-1, B, V)
@@ -48,15 +49,13 @@ def corpus_loss(
 
 
 @torch.no_grad()
-def target_log_probs(
-    model: Seq2Seq, examples: Sequence[Example], pad_idx: int, batch_size: int
-) -> list[float]:
-    """Each example's log-probability of its target, <eos> included, reading the true prefix."""
+def target_log_probs(model: Seq2Seq, pairs: PairIds, pad_idx: int, batch_size: int) -> list[float]:
+    """Each pair's log-probability of its target, <eos> included, reading the true prefix."""
     model.eval()
     device = next(model.parameters()).device
-    scores = [0.0] * len(examples)
-    for indices in evaluation_batches(examples, batch_size):
-        batch = collate(examples, indices, pad_idx)
+    scores = [0.0] * len(pairs)
+    for indices in evaluation_batches(pairs, batch_size):
+        batch = collate(pairs, indices, pad_idx)
         trg = batch.trg.to(device)  # (T, B)
         logits = model(batch.src.to(device), batch.src_lengths, trg, teacher_forcing_ratio=1.0)
         # the prediction at step t is of trg[t + 1]: (T-1, B, V) -> (T-1, B) -> (B,)

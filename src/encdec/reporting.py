@@ -54,7 +54,7 @@ def logging_for_run(out_dir: Path, quiet: bool, processes: Processes) -> Iterato
 
 
 def describe(corpus: Corpus, model: Seq2Seq) -> None:
-    log.info("data: %s", ", ".join(f"{s} {len(e):,}" for s, e in corpus.examples.items()))
+    log.info("data: %s", ", ".join(f"{s} {len(e):,}" for s, e in corpus.ids.items()))
     if corpus.skipped:
         log.info("skipped training pairs: %s", corpus.skipped)
     if corpus.truncated:

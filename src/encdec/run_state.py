@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
@@ -67,7 +68,7 @@ class Progress:
 
     epoch: int = 0  # the epoch being trained, or just finished when `validated`
     step: int = 0  # batches of `batches` done
-    batches: list[list[int]] = field(default_factory=list)  # this epoch's batch order
+    batches: list[np.ndarray] = field(default_factory=list)  # this epoch's batches, in order
     epoch_loss_sum: float = 0.0  # summed cross-entropy of this epoch's batches so far
     epoch_tokens: int = 0
     epoch_seconds: float = 0.0
@@ -119,8 +120,24 @@ def resume_state(run: Run) -> dict:
         teacher_forcing_coins=run.teacher_forcing.get_state(),
         scaler=None if run.scaler is None else run.scaler.state_dict(),
         selection=dataclasses.asdict(run.selection),
-        **dataclasses.asdict(run.progress),
+        **dataclasses.asdict(run.progress) | {"batches": _batches_saved(run.progress.batches)},
     )
+
+
+def _batches_saved(batches: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    """An epoch's batches as two tensors: every pair index in batch order, and batch sizes."""
+    return {
+        "indices": torch.from_numpy(np.concatenate([np.zeros(0, np.int64), *batches])),
+        "sizes": torch.tensor([len(batch) for batch in batches], dtype=torch.int64),
+    }
+
+
+def _batches_loaded(saved: dict | list) -> list[np.ndarray]:
+    """The epoch's batches as `_batches_saved` stores them, or as lists (last.pt before it)."""
+    if isinstance(saved, list):
+        return [np.asarray(batch, dtype=np.int64) for batch in saved]
+    sizes = saved["sizes"].tolist()
+    return np.split(saved["indices"].numpy(), np.cumsum(sizes)[:-1]) if sizes else []
 
 
 def load_last(out_dir: Path) -> dict:
@@ -150,7 +167,7 @@ def resume_config(stored: Config, given: Config | None, epochs: int | None) -> C
             for section, values in given_values.items()
             for key, value in values.items()
             if value != stored_values[section][key]
-            and (section, key) not in (("data", "data_dir"), *STOPPING_KEYS)
+            and (section, key) not in (("data", "data_dir"), ("data", "prepared"), *STOPPING_KEYS)
         ]
         if differences:
             raise EncdecError(
@@ -198,6 +215,7 @@ def restore(run: Run, state: dict) -> None:
         run.scaler.load_state_dict(state["scaler"])
     run.selection = Selection(**state["selection"])
     run.progress = Progress(**{key.name: state[key.name] for key in dataclasses.fields(Progress)})
+    run.progress.batches = _batches_loaded(state["batches"])
     _restore_rng(run, state)
     _restore_coins(run, state)
 

@@ -6,16 +6,30 @@ training; they differ only in which next tokens they keep.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from encdec.batching import Example, collate, evaluation_batches
+from encdec.batching import collate, evaluation_batches
 from encdec.config import DecodingConfig
 from encdec.model import Seq2Seq
+from encdec.pair_ids import PairIds
 from encdec.progress import progress_bar
-from encdec.vocab import Vocab
+from encdec.vocab import PAD_IDX, SOS_IDX, Vocab
+
+NEVER_CHOSEN = (PAD_IDX, SOS_IDX)  # tokens no translation may contain (fairseq's rule too)
+
+
+def allowed_log_probs(scores: torch.Tensor) -> torch.Tensor:
+    """log_softmax of (rows, V) scores, with <pad> and <sos> at -inf so no search picks them.
+
+    They are masked after the normalisation, so the other tokens keep the model's own
+    log-probabilities (what `evaluation.target_log_probs` scores) and sampling's distribution
+    is the model's renormalised over the tokens it may choose.
+    """
+    log_probs = torch.log_softmax(scores, dim=-1)
+    log_probs[:, NEVER_CHOSEN] = float("-inf")
+    return log_probs
 
 
 @dataclass
@@ -72,8 +86,8 @@ def decode(
     tokens = torch.full((1, batch_size), sos_idx, dtype=torch.long, device=device)
     for step in range(max_len):
         logits, state = model.decoder(tokens, state)  # (1, active, V)
-        tokens = choose_next(logits[0], temperature, top_k, generator).unsqueeze(0)  # (1, active)
-        log_probs = torch.log_softmax(logits[0], dim=-1)  # (active, V)
+        log_probs = allowed_log_probs(logits[0])  # (active, V)
+        tokens = choose_next(log_probs, temperature, top_k, generator).unsqueeze(0)  # (1, active)
         scores[active] += log_probs.gather(1, tokens.T).squeeze(1)
         generated[step, active] = tokens[0]
         if attention is not None:
@@ -155,7 +169,7 @@ def beam_search(
     ranking = (length_penalty, coverage_penalty)  # what normalised_score ranks by
     for _ in range(max_len):
         logits, state = model.decoder(tokens, state)  # (1, rows, V)
-        log_probs = torch.log_softmax(logits[0], dim=-1)  # (rows, V)
+        log_probs = allowed_log_probs(logits[0])  # (rows, V)
         vocab_size = log_probs.shape[-1]
         candidates = (scores.view(-1, 1) + log_probs).view(len(searching), -1)  # (n, beam * V)
         top_scores, top = candidates.topk(2 * beam_size, dim=-1)  # (n, 2 * beam), best first
@@ -305,7 +319,7 @@ def _hypothesis(
 
 def decode_examples(
     model: Seq2Seq,
-    examples: Sequence[Example],
+    examples: PairIds,
     trg_vocab: Vocab,
     decoding: DecodingConfig,
     n_best: int = 1,
@@ -320,7 +334,7 @@ def decode_examples(
     """
     model.eval()
     device = next(model.parameters()).device
-    outputs: list[list[Hypothesis]] = [[] for _ in examples]
+    outputs: list[list[Hypothesis]] = [[] for _ in range(len(examples))]
     batches = evaluation_batches(examples, decoding.batch_size)
     for indices in progress_bar(batches, desc="translating", unit="batch", leave=False):
         batch = collate(examples, indices, src_pad_idx)  # only its source is read

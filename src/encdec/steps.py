@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -14,11 +13,12 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
 
-from encdec.batching import Example, collate
+from encdec.batching import collate
 from encdec.config import TrainingConfig
 from encdec.errors import EncdecError
 from encdec.metrics import perplexity, token_losses
 from encdec.model import Seq2Seq
+from encdec.pair_ids import PairIds
 from encdec.progress import progress_bar
 
 
@@ -123,8 +123,8 @@ def mixed_precision(device: torch.device, precision: str) -> contextlib.Abstract
 
 def teacher_forcing_coins(
     ratio: float,
-    examples: Sequence[Example],
-    indices: list[int],
+    pairs: PairIds,
+    indices: np.ndarray,
     generator: torch.Generator | None,
 ) -> torch.Tensor | None:
     """The teacher-forcing coins of batch `indices`: (T-2,) on the CPU, T its longest target.
@@ -136,14 +136,14 @@ def teacher_forcing_coins(
         return None
     if generator is None:
         raise EncdecError(f"teacher_forcing_ratio {ratio} needs a generator to draw its coins")
-    longest = max(len(examples[index][1]) for index in indices)  # <sos> ... <eos>
+    longest = int(pairs.trg_lengths[indices].max())  # <sos> ... <eos>
     return torch.rand(longest - 2, generator=generator)
 
 
 def batch_losses(
     model: nn.Module,
-    examples: Sequence[Example],
-    indices: list[int],
+    pairs: PairIds,
+    indices: np.ndarray,
     pad_idx: int,
     teacher_forcing_ratio: float,
     label_smoothing: float = 0.0,
@@ -154,7 +154,7 @@ def batch_losses(
 
     `coins` are the teacher-forcing coins (see Seq2Seq.forward), needed when 0 < ratio < 1.
     """
-    batch = collate(examples, indices, pad_idx)
+    batch = collate(pairs, indices, pad_idx)
     device = next(model.parameters()).device
     src, trg = batch.src.to(device), batch.trg.to(device)
     with mixed_precision(device, precision):
@@ -166,8 +166,8 @@ def batch_losses(
 
 def run_epoch(
     model: Seq2Seq,
-    examples: Sequence[Example],
-    batches: list[list[int]],
+    pairs: PairIds,
+    batches: list[np.ndarray],
     pad_idx: int,
     teacher_forcing_ratio: float,
     optimizer: torch.optim.Optimizer | None = None,
@@ -188,10 +188,10 @@ def run_epoch(
     bar = progress_bar(batches[:max_steps], desc=description, leave=False)
     with torch.set_grad_enabled(optimizer is not None):
         for indices in bar:
-            coins = teacher_forcing_coins(teacher_forcing_ratio, examples, indices, coin_generator)
+            coins = teacher_forcing_coins(teacher_forcing_ratio, pairs, indices, coin_generator)
             loss_sum, smoothed_sum, n_tokens = batch_losses(
                 model,
-                examples,
+                pairs,
                 indices,
                 pad_idx,
                 teacher_forcing_ratio,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,39 @@ def _spacy_tokenizer(lang: str):
         raise EncdecError(f"spaCy has no tokenizer for language '{lang}': {error}") from None
 
 
+# A sentence of words that single spaces separate: spaCy splits it at those spaces first and
+# tokenizes each word alone, so a word's tokens can be remembered (tests/test_tokenize.py holds
+# the cached and the plain tokenizer equal on all of Multi30k). Other sentences go to spaCy whole.
+_SINGLE_SPACED = re.compile(r"\S+(?: \S+)*")
+_CACHE_LIMIT = 1_000_000  # words remembered per language; the cache starts again when full
+
+
+class _SpacyWords:
+    """spaCy's tokens of sentences, each space-separated word tokenized once and remembered."""
+
+    def __init__(self, lang: str):
+        self.tokenizer = _spacy_tokenizer(lang)
+        self.cache: dict[str, list[str]] = {}
+
+    def __call__(self, sentence: str) -> list[str]:
+        if not _SINGLE_SPACED.fullmatch(sentence):
+            return [token.text for token in self.tokenizer(sentence)]
+        tokens: list[str] = []
+        for word in sentence.split(" "):
+            word_tokens = self.cache.get(word)
+            if word_tokens is None:
+                if len(self.cache) >= _CACHE_LIMIT:
+                    self.cache.clear()
+                word_tokens = self.cache[word] = [t.text for t in self.tokenizer(word)]
+            tokens += word_tokens
+        return tokens
+
+
+@cache
+def _spacy_words(lang: str) -> _SpacyWords:
+    return _SpacyWords(lang)
+
+
 WORD_START = "\u2581"  # "▁" marks a subword that begins a word, as in SentencePiece
 
 
@@ -40,8 +74,11 @@ class Subwords:
         self.model = tokenizers.Tokenizer.from_str(serialized)
 
     @classmethod
-    def learn(cls, token_lists: Iterable[list[str]], kind: str, vocab_size: int) -> Subwords:
-        """Learn `kind` ('bpe' or 'unigram') subwords of at most `vocab_size` pieces."""
+    def learn(cls, word_counts: Mapping[str, int], kind: str, vocab_size: int) -> Subwords:
+        """Learn `kind` ('bpe' or 'unigram') subwords of at most `vocab_size` pieces.
+
+        Learnt from how often each word occurs, which is all either algorithm reads of the text.
+        """
         if kind == "bpe":
             model = tokenizers.models.BPE(unk_token="<unk>")
             trainer = tokenizers.trainers.BpeTrainer(
@@ -59,19 +96,47 @@ class Subwords:
             raise EncdecError(f"unknown subword kind '{kind}': use 'bpe' or 'unigram'")
         subword_tokenizer = tokenizers.Tokenizer(model)
         subword_tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace(WORD_START)
-        texts = (" ".join(tokens) for tokens in token_lists)
-        subword_tokenizer.train_from_iterator(texts, trainer)
+        subword_tokenizer.train_from_iterator(_repeated_words(word_counts), trainer)
         return cls(subword_tokenizer.to_str())
 
+    @classmethod
+    def from_file(cls, path: str) -> Subwords:
+        """A subword model saved by Hugging Face `tokenizers` (JSON), as `learn` makes them."""
+        try:
+            with open(path, encoding="utf-8") as file:
+                return cls(file.read())
+        except OSError as error:
+            raise EncdecError(f"data.subword_model {path}: cannot read it ({error})") from None
+        except Exception as error:  # tokenizers raises its own exception type for bad JSON
+            raise EncdecError(
+                f"data.subword_model {path} is not a `tokenizers` JSON model ({error}); save "
+                "one with tokenizers' Tokenizer.save, or let encdec learn one (data.subwords)"
+            ) from None
+
     def split(self, token_lists: list[list[str]]) -> list[list[str]]:
-        """Each word list as a list of pieces."""
-        encodings = self.model.encode_batch([" ".join(tokens) for tokens in token_lists])
-        return [encoding.tokens for encoding in encodings]
+        """Each word list as a list of pieces: its words' pieces, one word after another."""
+        word_pieces = iter(self.split_words([word for words in token_lists for word in words]))
+        return [[piece for _ in words for piece in next(word_pieces)] for words in token_lists]
+
+    def split_words(self, words: list[str]) -> list[list[str]]:
+        """Each word's pieces, split alone (so a run of spaces that spaCy keeps as a token
+        is one piece wherever it stands, in training and in translation alike)."""
+        return [encoding.tokens for encoding in self.model.encode_batch(words)]
 
     @staticmethod
     def join(pieces: list[str]) -> list[str]:
         """Glue pieces back into words (the inverse of `split`)."""
         return "".join(pieces).replace(WORD_START, " ").split()
+
+
+def _repeated_words(word_counts: Mapping[str, int], per_text: int = 10_000) -> Iterable[str]:
+    """Texts in which each word occurs as often as it is counted, as a trainer reads them."""
+    for word, count in word_counts.items():
+        for start in range(0, count, per_text):
+            yield " ".join([word] * min(per_text, count - start))
+
+
+TOKENIZERS = ("spacy", "char", "whitespace")
 
 
 class Tokenizer:
@@ -80,8 +145,8 @@ class Tokenizer:
     def __init__(
         self, kind: str, lang: str, lowercase: bool = True, subwords: Subwords | None = None
     ):
-        if kind not in ("spacy", "char"):
-            raise EncdecError(f"unknown tokenizer '{kind}': use 'spacy' or 'char'")
+        if kind not in TOKENIZERS:
+            raise EncdecError(f"unknown tokenizer '{kind}': use one of {', '.join(TOKENIZERS)}")
         self.kind, self.lang, self.lowercase, self.subwords = kind, lang, lowercase, subwords
 
     def __call__(self, sentence: str) -> list[str]:
@@ -96,15 +161,15 @@ class Tokenizer:
         return self.subwords.split(word_lists) if self.subwords is not None else word_lists
 
     def words_many(self, sentences: Iterable[str]) -> list[list[str]]:
-        """Words of many sentences at once (spaCy's pipe is faster than one call each)."""
+        """Words of many sentences: spaCy's, characters, or the words spaces separate."""
         if self.kind == "char":
             token_lists = [list(sentence) for sentence in sentences]
+        elif self.kind == "whitespace":
+            token_lists = [sentence.split() for sentence in sentences]
         else:
-            docs = _spacy_tokenizer(self.lang).pipe(sentences)
-            token_lists = [[token.text for token in doc] for doc in docs]
-        if (
-            self.lowercase
-        ):  # after tokenizing: spaCy's exceptions ("Dr.", "U.S.") are case-sensitive
+            token_lists = list(map(_spacy_words(self.lang), sentences))
+        # lowercased after tokenizing: spaCy's exceptions ("Dr.", "U.S.") are case-sensitive
+        if self.lowercase:
             token_lists = [[token.lower() for token in tokens] for tokens in token_lists]
         return token_lists
 
@@ -116,6 +181,8 @@ class Tokenizer:
         """Join tokens into text: characters are concatenated, words follow Moses' spacing rules."""
         if self.kind == "char":
             return "".join(tokens)
+        if self.kind == "whitespace":  # text tokenized before encdec saw it stays tokenized
+            return " ".join(self.to_words(tokens))
         words = [
             token for token in self.to_words(tokens) if token.strip()
         ]  # spaCy keeps runs of spaces as tokens

@@ -8,6 +8,7 @@ A run survives being stopped: last.pt holds everything it needs to go on bit for
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
@@ -40,6 +42,7 @@ from encdec.distributed import (
 from encdec.errors import EncdecError
 from encdec.metrics import perplexity
 from encdec.model import Seq2Seq, build_model, count_parameters
+from encdec.prepared import with_prepared_settings
 from encdec.progress import progress_bar, silence_bars
 from encdec.reporting import (
     describe,
@@ -86,7 +89,7 @@ def evaluate_split(model: Seq2Seq, corpus: Corpus, split: str, config: Config) -
     scores = evaluation.evaluate(translator, corpus.pairs[split], description=split, **greedy)
     forced_loss = evaluation.corpus_loss(
         model,
-        corpus.examples[split],
+        corpus.ids[split],
         corpus.trg_vocab.pad_idx,
         config.training.batch_size,
         teacher_forcing_ratio=1.0,
@@ -260,14 +263,16 @@ def _resumed_run(
 
 def _begin_epoch(run: Run) -> None:
     """Move on to the next epoch and draw its batch order from the data_order generator."""
-    settings, examples = run.config.training, run.corpus.examples["train"]
+    settings, pairs = run.config.training, run.corpus.ids["train"]
+    # one draw of the run's generator seeds numpy's, which shuffles millions of pairs at once
+    epoch_order = np.random.default_rng(run.data_order.getrandbits(64))
     batches = bucket_batches(
-        examples, settings.batch_size, settings.bucket_pool, run.data_order, settings.batch_tokens
+        pairs, settings.batch_size, settings.bucket_pool, epoch_order, settings.batch_tokens
     )
     batches = splittable(batches, run.processes.world_size)
     epoch = run.progress.epoch + 1
     if epoch == 1:
-        padding = padding_fraction(examples, batches)
+        padding = padding_fraction(pairs, batches)
         log.info("batches per epoch: %d, padding %.1f%%", len(batches), 100 * padding)
     run.progress = Progress(
         epoch=epoch,
@@ -277,7 +282,7 @@ def _begin_epoch(run: Run) -> None:
     )
 
 
-def _train_step(run: Run, indices: list[int], stop: StopSignals) -> bool:
+def _train_step(run: Run, indices: np.ndarray, stop: StopSignals) -> bool:
     """One update on one batch; the epoch's loss, tokens, time and step move on with it.
 
     With several processes each one computes the loss of its share of the batch, and they all
@@ -286,12 +291,12 @@ def _train_step(run: Run, indices: list[int], stop: StopSignals) -> bool:
     """
     settings, progress, processes = run.config.training, run.progress, run.processes
     start = time.perf_counter()
-    examples, ratio = run.corpus.examples["train"], settings.teacher_forcing_ratio
+    pairs, ratio = run.corpus.ids["train"], settings.teacher_forcing_ratio
     # drawn for the whole batch, so every process reads the same coins for its share
-    coins = teacher_forcing_coins(ratio, examples, indices, run.teacher_forcing)
+    coins = teacher_forcing_coins(ratio, pairs, indices, run.teacher_forcing)
     loss_sum, smoothed_sum, n_tokens = batch_losses(
         run.trainable,
-        examples,
+        pairs,
         shard(indices, processes.rank, processes.world_size),
         run.corpus.trg_vocab.pad_idx,
         ratio,
@@ -452,6 +457,7 @@ def train(
     if config is None and not resume:
         raise EncdecError("train needs a config, unless it resumes a run")
     if not resume:  # the whole config, before the run directory or its log is made
+        config = dataclasses.replace(config, data=with_prepared_settings(config.data))
         check_every_key_counts(config)
         check_data_config(config.data)
     with job(device) as processes, contextlib.ExitStack() as closing:

@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 from encdec import evaluation
-from encdec.batching import Example, numericalize
 from encdec.checkpoint import TOKEN_SETTINGS, check_mirrored_text, check_same_text, load_checkpoint
 from encdec.config import Config, DecodingConfig, decoding_with, from_dict
 from encdec.devices import resolve_device
 from encdec.ensemble import Ensemble
 from encdec.errors import EncdecError
 from encdec.model import Seq2Seq, build_model
+from encdec.pair_ids import PairIds
 from encdec.rescoring import (
     CHANNEL_WEIGHT,
     RESCORE_WEIGHT,
@@ -269,15 +269,17 @@ class Translator:
 
     def examples(
         self, source_tokens: list[list[str]], target_tokens: list[list[str]]
-    ) -> list[Example]:
-        """Token lists as the model's id lists, either side reversed if the model was so trained."""
+    ) -> PairIds:
+        """Token lists as the model's ids, either side reversed if the model was so trained."""
         data = self.config.data
-        return [
-            numericalize(
-                source, target, self.src_vocab, self.trg_vocab, data.reverse_src, data.reverse_trg
-            )
-            for source, target in zip(source_tokens, target_tokens)
-        ]
+        return PairIds.from_token_lists(
+            source_tokens,
+            target_tokens,
+            self.src_vocab,
+            self.trg_vocab,
+            data.reverse_src,
+            data.reverse_trg,
+        )
 
     def _generator(self, seed: int | None) -> torch.Generator | None:
         """A sampling generator seeded with `seed`, on the model's device; None without a seed."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from encdec.errors import EncdecError
 
 UNK, PAD, SOS, EOS = "<unk>", "<pad>", "<sos>", "<eos>"
 SPECIALS = (UNK, PAD, SOS, EOS)
+UNK_IDX, PAD_IDX, SOS_IDX, EOS_IDX = range(len(SPECIALS))  # the same in every vocabulary
 
 
 class Vocab:
@@ -21,13 +22,19 @@ class Vocab:
         self.stoi = {token: index for index, token in enumerate(self.itos)}
         if len(self.stoi) != len(self.itos):
             raise EncdecError("a vocabulary must not list a token twice")
-        self.unk_idx, self.pad_idx, self.sos_idx, self.eos_idx = range(len(SPECIALS))
+        self.unk_idx, self.pad_idx, self.sos_idx, self.eos_idx = UNK_IDX, PAD_IDX, SOS_IDX, EOS_IDX
         self.structural_ids = {self.pad_idx, self.sos_idx, self.eos_idx}
 
     @classmethod
     def build(cls, token_lists: Iterable[list[str]], min_freq: int = 2) -> Vocab:
         """Keep every token seen at least `min_freq` times, most frequent first."""
-        counts = Counter(token for tokens in token_lists for token in tokens)
+        return cls.from_counts(
+            Counter(token for tokens in token_lists for token in tokens), min_freq
+        )
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, int], min_freq: int = 2) -> Vocab:
+        """Keep every token counted at least `min_freq` times, most frequent first."""
         kept = sorted(
             (t for t, n in counts.items() if n >= min_freq and t not in SPECIALS),
             key=lambda token: (-counts[token], token),
