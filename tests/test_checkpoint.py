@@ -321,3 +321,21 @@ def test_rng_states_hold_only_tensors_and_plain_python_types(tmp_path):
     path = tmp_path / "rng.pt"
     torch.save(rng_states(random.Random(7)), path)
     assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_checkpoint_of_gpu_tensors_holds_cpu_tensors(tmp_path):
+    state = make_state()
+    state["model"] = {name: tensor.cuda() for name, tensor in state["model"].items()}
+    state["optimizer"] = {"state": {0: {"exp_avg": torch.ones(3, device="cuda")}}}
+    save_checkpoint(state, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=True)  # no map_location
+    tensors = [*loaded["model"].values(), loaded["optimizer"]["state"][0]["exp_avg"]]
+    assert {tensor.device.type for tensor in tensors} == {"cpu"}
+
+
+def test_saving_keeps_tuples_and_lists_as_they_are(tmp_path):
+    state = {**make_state(), "python": (3, (1, 2), None), "batches": [[0, 1], [2]]}
+    save_checkpoint(state, tmp_path / "model.pt")
+    loaded = load_checkpoint(tmp_path / "model.pt")
+    assert loaded["python"] == (3, (1, 2), None) and loaded["batches"] == [[0, 1], [2]]

@@ -4,6 +4,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import signal
@@ -484,3 +485,18 @@ def test_a_last_pt_with_numpy_state_as_an_array_still_resumes(tmp_path, uninterr
     save_checkpoint(state, tmp_path / "last.pt")
     train(None, tmp_path, quiet=True, device="cpu", resume=True, epochs=EPOCHS)
     assert_same_run(uninterrupted, tmp_path)
+
+
+def test_training_draws_nothing_from_pythons_or_numpys_global_generators(tmp_path):
+    # the teacher-forcing coins come from the run's own torch.Generator (docs/reliability.md)
+    config = from_dict(recipe(epochs=1, max_steps=3))
+    random.seed(config.training.seed)
+    np.random.seed(config.training.seed)
+
+    def states() -> tuple:
+        _, key, position, *_ = np.random.get_state()
+        return random.getstate(), key.tolist(), position
+
+    seeded = states()
+    train(config, tmp_path, quiet=True, device="cpu")
+    assert states() == seeded

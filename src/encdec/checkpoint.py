@@ -93,9 +93,26 @@ def _sync_directory(folder: Path) -> None:
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write `state` so that `path` holds either the old file or the whole new one, never a part."""
+    """Write `state` so that `path` holds either the old file or the whole new one, never a part.
+
+    Its tensors are saved on the CPU, wherever they were: any machine can read the file.
+    """
     with atomic_file(path) as file:
-        torch.save({"format_version": FORMAT_VERSION, **state}, file)
+        torch.save({"format_version": FORMAT_VERSION, **_on_cpu(state)}, file)
+
+
+def _on_cpu(value):
+    """`value` with every tensor in its dicts, lists and tuples moved to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):  # a state_dict's OrderedDict keeps its type and _metadata
+        moved = type(value)((key, _on_cpu(item)) for key, item in value.items())
+        if hasattr(value, "_metadata"):
+            moved._metadata = value._metadata
+        return moved
+    if isinstance(value, list | tuple):
+        return type(value)(_on_cpu(item) for item in value)
+    return value
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
