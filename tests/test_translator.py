@@ -20,7 +20,7 @@ from encdec.metrics import bleu
 from encdec.model import build_model
 from encdec.training import evaluate_split, train
 from encdec.translator import Translator
-from encdec.vocab import EOS, PAD, SOS, UNK, Vocab
+from encdec.vocab import EOS, PAD, SOS, SPECIALS, UNK, Vocab
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -55,12 +55,42 @@ def test_one_string_instead_of_a_list_is_refused_naming_the_fix(translator):
 
 def test_structural_specials_never_appear_in_output(translator):
     sources = [source for source, _ in toy_phrases()["train"]] + UNSEEN
-    # hot sampling from a peaked model picks unlikely ids, <pad> and <sos> among them
+    # hot sampling from a peaked model picks unlikely ids; <pad> and <sos> are never among them
     for options in ({}, {"temperature": 20.0, "seed": 0}, {"temperature": 20.0, "seed": 1}):
         for (best,) in translator.translations(sources, **options):
             assert not {SOS, EOS, PAD} & set(best.tokens)
         for text in translator.translate(sources, **options):
             assert not any(special in text for special in (SOS, EOS, PAD))
+
+
+def untrained_attention_translator() -> Translator:
+    """The demo's config with Luong attention, untrained: it finds every token about as likely."""
+    raw = copy.deepcopy(DEMO_CONFIG)
+    raw["model"]["attention"] = "general"
+    config = from_dict(raw)
+    src_vocab, trg_vocab = (Vocab.build([["a", "b", "c", "d"]], min_freq=1) for _ in range(2))
+    torch.manual_seed(0)
+    model = build_model(config.model, len(src_vocab), len(trg_vocab))
+    return Translator(model, config, src_vocab, trg_vocab)
+
+
+def test_hot_sampling_never_emits_specials_and_each_token_has_one_attention_row():
+    from encdec.plots import attention_heatmap
+
+    translator = untrained_attention_translator()
+    sources = ["a b", "c", "d a b c", "b b b"] * 5
+    shown = []
+    for options in ({"temperature": 50.0, "seed": 0}, {"beam_size": 3, "n_best": 3}, {}):
+        for translations in translator.translations(sources, max_len=8, **options):
+            for translation in translations:
+                assert not set(SPECIALS) - {UNK} & set(translation.tokens)
+                assert translation.attention.shape == (
+                    len(translation.tokens),
+                    len(translation.source_tokens),
+                )
+                shown.append(translation)
+    one_token = min((t for t in shown if t.tokens), key=lambda t: len(t.tokens))
+    attention_heatmap(one_token, "a b")  # one row per token: the axes' labels fit
 
 
 def test_empty_and_blank_lines_give_empty_translations_in_place(translator):
