@@ -5,6 +5,7 @@ import json
 import logging
 import re
 import signal
+import socket
 import threading
 import time
 import urllib.error
@@ -195,6 +196,20 @@ def test_a_body_far_over_the_limit_gets_its_413_read_by_urllib(demo_server, decl
     assert answer.value.code == 413
     message = json.loads(answer.value.read())["error"]
     assert "max_body_bytes = 4000" in message
+
+
+def test_a_client_gone_before_its_body_ended_is_no_internal_error(demo_server):
+    tracebacks_before = sum("Traceback" in line for line in demo_server.log_lines())
+    port = int(demo_server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        head = "POST /translate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n"
+        sock.sendall(f"{head}Authorization: Bearer {API_KEY}\r\n\r\n".encode() + b'{"te')
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(1000) == b""  # closed without an answer: there is no one to answer
+    time.sleep(0.5)  # the log line is written as the request ends
+    lines = demo_server.log_lines()
+    assert sum("Traceback" in line for line in lines) == tracebacks_before, "\n".join(lines[-30:])
+    assert re.search(r"POST /translate 400 [\d.]+ ms 0 sentences$", lines[-1])
 
 
 def test_too_many_sentences_is_422_naming_the_limit(client):

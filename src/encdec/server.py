@@ -22,7 +22,7 @@ from pydantic_core import PydanticCustomError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -167,12 +167,15 @@ async def _body(request: Request, max_body_bytes: int) -> bytes:
     if declared.isdigit() and int(declared) > max(max_body_bytes, DRAINED_BYTES):
         raise too_large  # too big even to drop: answered at once, the client may see a reset
     body, size = bytearray(), 0
-    async for piece in request.stream():
-        size += len(piece)
-        if size <= max_body_bytes:
-            body += piece
-        elif size > DRAINED_BYTES:
-            break
+    try:
+        async for piece in request.stream():
+            size += len(piece)
+            if size <= max_body_bytes:
+                body += piece
+            elif size > DRAINED_BYTES:
+                break
+    except ClientDisconnect:  # no answer reaches it; the log gets a line, not a traceback
+        raise refusal(400, "the client closed the connection before its body ended") from None
     if size > max_body_bytes:
         raise too_large
     return bytes(body)
