@@ -339,3 +339,13 @@ def test_saving_keeps_tuples_and_lists_as_they_are(tmp_path):
     save_checkpoint(state, tmp_path / "model.pt")
     loaded = load_checkpoint(tmp_path / "model.pt")
     assert loaded["python"] == (3, (1, 2), None) and loaded["batches"] == [[0, 1], [2]]
+
+
+def test_half_written_checkpoints_of_a_killed_run_are_removed(tmp_path):
+    save_checkpoint(make_state(), tmp_path / "last.pt")
+    half = [tmp_path / ".last.pt.k2j4x9a1.tmp", tmp_path / ".best.pt.0fz81q2b.tmp"]
+    for path in half:
+        path.write_bytes(b"half a checkpoint")
+    (tmp_path / "notes.tmp").write_text("not encdec's", encoding="utf-8")
+    assert checkpoint.remove_half_written(tmp_path) == sorted(half)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "notes.tmp"]

@@ -500,3 +500,11 @@ def test_training_draws_nothing_from_pythons_or_numpys_global_generators(tmp_pat
     seeded = states()
     train(config, tmp_path, quiet=True, device="cpu")
     assert states() == seeded
+
+
+def test_resuming_removes_the_half_written_checkpoints_of_a_killed_run(tmp_path, uninterrupted):
+    shutil.copy(uninterrupted / "last.pt", tmp_path / "last.pt")
+    shutil.copy(uninterrupted / "best.pt", tmp_path / "best.pt")
+    (tmp_path / ".last.pt.k2j4x9a1.tmp").write_bytes(b"half of last.pt, killed mid-write")
+    train(None, tmp_path, quiet=True, device="cpu", resume=True)
+    assert not list(tmp_path.glob(".*.tmp"))

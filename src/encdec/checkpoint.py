@@ -71,6 +71,18 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
     _sync_directory(path.parent)
 
 
+def remove_half_written(folder: Path) -> list[Path]:
+    """Delete the temporary files that `atomic_file` leaves in `folder` when its process is
+    killed mid-write (a half-written checkpoint each); the ones removed.
+
+    Only for a folder no other process is writing into, such as a run folder being resumed.
+    """
+    half_written = sorted(folder.glob(".*.tmp"))
+    for path in half_written:
+        path.unlink(missing_ok=True)
+    return half_written
+
+
 def _new_file_mode() -> int:
     """The permissions `open` would give a new file under the current umask."""
     umask = os.umask(0)

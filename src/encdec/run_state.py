@@ -19,6 +19,7 @@ from encdec.checkpoint import (
     atomic_file,
     checkpoint_state,
     load_checkpoint,
+    remove_half_written,
     restore_rng_states,
     rng_states,
 )
@@ -148,6 +149,7 @@ def load_last(out_dir: Path) -> dict:
     state = load_checkpoint(path)
     if "optimizer" not in state or not ("rng_by_rank" in state or "rng" in state):
         raise EncdecError(f"cannot resume: {path} holds weights but no training state")
+    remove_half_written(out_dir)  # a killed run's; this run writes them anew
     return state
 
 
