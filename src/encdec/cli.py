@@ -127,7 +127,7 @@ def _config_from_args(args: argparse.Namespace, extra_overrides: tuple[str, ...]
         overrides.append(f"data.data_dir={args.data_dir}")
     if getattr(args, "prepared", None):
         overrides.append(f"data.prepared={args.prepared}")
-    for key in ("epochs", "max_steps"):
+    for key in ("epochs", "max_steps", "max_updates"):
         if getattr(args, key, None) is not None:
             overrides.append(f"training.{key}={getattr(args, key)}")
     return load_config(args.config, overrides)
@@ -242,8 +242,13 @@ def _scores(args: argparse.Namespace, with_translations: bool) -> dict:
     from encdec.corpus import read_splits
 
     translator = load_translator(args)
+    prepared = args.prepared or translator.config.data.prepared
     if args.src:
         pairs = data.read_parallel(args.src, args.ref)
+    elif prepared:
+        from encdec.prepared import split_texts
+
+        pairs = split_texts(prepared, args.split)
     else:
         data_config = translator.config.data
         if args.data_dir:
@@ -456,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the split of the checkpoint's data (Multi30k or data.*_src files) to score",
     )
     evaluate_parser.add_argument("--data-dir", help="Multi30k folder (default: as trained)")
+    evaluate_parser.add_argument(
+        "--prepared",
+        metavar="DIR",
+        help="score the split's text kept in this prepared folder (default: the one the "
+        "checkpoint was trained on, if any)",
+    )
     evaluate_parser.add_argument(
         "--src", help="source file to score instead of a split (needs --ref)"
     )

@@ -96,9 +96,9 @@ def check_settings(manifest: dict, config: DataConfig, folder: Path) -> None:
         )
 
 
-def check_files(manifest: dict, folder: Path) -> None:
-    """Every file the manifest lists is there, whole and unchanged."""
-    for name, expected in manifest["files"].items():
+def check_files(files: dict, folder: Path) -> None:
+    """Every file listed (name -> bytes and sha256, as in a manifest) is there, whole, unchanged."""
+    for name, expected in files.items():
         path = folder / name
         if not path.is_file():
             raise EncdecError(f"{path} is missing; " + REBUILD.format(folder=folder))
@@ -113,6 +113,20 @@ def check_files(manifest: dict, folder: Path) -> None:
                 f"{path} fails its checksum (changed since it was prepared); "
                 + REBUILD.format(folder=folder)
             )
+
+
+def split_texts(folder: str | Path, split: str) -> list[data.Pair]:
+    """The text of a prepared folder's valid or test split, checked against its manifest."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if split not in manifest["pairs"] or split == "train":
+        raise EncdecError(
+            f"{folder} keeps the text of valid and test only, not of {split!r}: score one of "
+            "those, or name the files with --src and --ref"
+        )
+    names = [f"{split}.{side}.txt" for side in SIDES]
+    check_files({name: manifest["files"][name] for name in names}, folder)
+    return list(zip(*(data.read_lines(folder / name) for name in names)))
 
 
 def _array(path: Path, in_memory: bool) -> np.ndarray:
@@ -132,7 +146,7 @@ def load_prepared(
     folder = Path(folder)
     manifest = read_manifest(folder)
     check_settings(manifest, config, folder)
-    check_files(manifest, folder)
+    check_files(manifest["files"], folder)
 
     def sentences(split: str, side: str) -> Sentences:
         ids, offsets = (folder / f"{split}.{side}.{part}.npy" for part in ("ids", "offsets"))
