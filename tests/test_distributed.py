@@ -21,6 +21,7 @@ from encdec.checkpoint import load_checkpoint
 from encdec.config import from_dict
 from encdec.distributed import resolve_device, weights_sha256
 from encdec.errors import EncdecError
+from encdec.prepare import prepare
 from encdec.training import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -121,6 +122,24 @@ def test_two_processes_follow_the_loss_trajectory_of_one(one_process, two_proces
     weights_together = load_checkpoint(two_processes / "run" / "last.pt")["model"]
     for name, tensor in weights_alone.items():
         torch.testing.assert_close(weights_together[name], tensor, atol=1e-4, rtol=1e-4)
+
+
+def test_two_processes_on_a_prepared_folder_follow_one_process_on_the_text(
+    tmp_path, one_process
+):
+    prepare(from_dict(RECIPE).data, tmp_path / "prepared")
+    command = [*train_command(write_config(tmp_path), tmp_path / "run"), "--prepared"]
+    done = subprocess.run(
+        [*command, str(tmp_path / "prepared")],
+        env=environment(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for alone, together in zip(records(one_process), records(tmp_path / "run"), strict=True):
+        for key in ("train_loss", "valid_loss"):
+            assert together[key] == pytest.approx(alone[key], rel=1e-4), key
 
 
 def test_both_processes_hold_identical_weights_after_every_epoch(two_processes):
