@@ -124,9 +124,7 @@ def test_two_processes_follow_the_loss_trajectory_of_one(one_process, two_proces
         torch.testing.assert_close(weights_together[name], tensor, atol=1e-4, rtol=1e-4)
 
 
-def test_two_processes_on_a_prepared_folder_follow_one_process_on_the_text(
-    tmp_path, one_process
-):
+def test_two_processes_on_a_prepared_folder_follow_one_process_on_the_text(tmp_path, one_process):
     prepare(from_dict(RECIPE).data, tmp_path / "prepared")
     command = [*train_command(write_config(tmp_path), tmp_path / "run"), "--prepared"]
     done = subprocess.run(
