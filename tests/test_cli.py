@@ -32,6 +32,7 @@ VERBS = ["train", "translate", "evaluate", "data-stats", "demo", "download", "pl
 VERBS += ["score"]
 EVALUATE_SCORES = {"loss", "ppl", "teacher_forced_loss", "teacher_forced_ppl", "bleu", "bleu_tok"}
 EVALUATE_SCORES |= {"chrf", "bleu_signature", "bleu_tok_signature", "chrf_signature"}
+EVALUATE_SCORES |= {"truncated"}  # translations cut at the length limit
 GERMAN = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee."]
 
 

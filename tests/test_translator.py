@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from encdec.checkpoint import load_checkpoint, save_checkpoint
-from encdec.cli import DEMO_CONFIG
+from encdec.cli import DEMO_CONFIG, main
 from encdec.config import from_dict
 from encdec.corpus import build_corpus
 from encdec.data import toy_phrases
@@ -19,7 +19,7 @@ from encdec.errors import EncdecError
 from encdec.metrics import bleu
 from encdec.model import build_model
 from encdec.training import evaluate_split, train
-from encdec.translator import Translator
+from encdec.translator import Translator, answer_of
 from encdec.vocab import EOS, PAD, SOS, SPECIALS, UNK, Vocab
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -93,11 +93,63 @@ def test_hot_sampling_never_emits_specials_and_each_token_has_one_attention_row(
     attention_heatmap(one_token, "a b")  # one row per token: the axes' labels fit
 
 
+def test_the_length_limit_follows_the_source_and_every_answer_says_when_it_cut(translator):
+    sources = ["let's go", "go go go go go go go go go go go go"]
+    (free,) = translator.translations(sources[1:])[0]
+    assert len(free.tokens) > 1 and not free.truncated
+    # one token at most: "vamos" fits and then ends by choice; the other is cut
+    (fits,), (cut,) = translator.translations(sources, max_len_a=0.0, max_len_b=1)
+    assert (fits.text, fits.truncated) == ("vamos", False)
+    assert cut.tokens == free.tokens[:1] and cut.truncated
+    answer = answer_of([cut], with_attention=True)
+    assert answer["truncated"] is True and answer["n_best"][0]["truncated"] is True
+    # one token per source word, at most 2 in all
+    (capped,) = translator.translations(sources[1:], max_len_a=1.0, max_len_b=0, max_len=2)[0]
+    assert capped.tokens == free.tokens[:2] and capped.truncated
+    beams = translator.translations(sources, beam=3, n_best=2, max_len_a=0.0, max_len_b=1)
+    assert all(len(t.tokens) <= 1 for n_best in beams for t in n_best)
+    assert beams[1][0].truncated
+
+
+def test_translate_and_evaluate_report_the_lines_cut_at_the_limit(
+    demo_checkpoint, tmp_path, capsys
+):
+    source = tmp_path / "in.txt"
+    source.write_text("let's go\ngo go go go go go go go go go go go\n", encoding="utf-8")
+    reference = tmp_path / "ref.txt"
+    reference.write_text("vamos\nvamos\n", encoding="utf-8")
+    limit = ["--set", "decoding.max_len_a=0", "--set", "decoding.max_len_b=1"]
+    assert main(["translate", str(demo_checkpoint), "--input", str(source), *limit]) == 0
+    assert "1 of 2 lines reached the length limit" in capsys.readouterr().err
+    evaluate = ["evaluate", str(demo_checkpoint), "--src", str(source), "--ref", str(reference)]
+    assert main([*evaluate, *limit, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["truncated"] == 1
+    assert main(evaluate) == 0
+    assert "translations cut at the length limit: 0" in capsys.readouterr().out
+
+
 def test_empty_and_blank_lines_give_empty_translations_in_place(translator):
     sources = ["let's go", "", "   ", "good morning", "\t"]
     translations = translator.translate(sources)
     assert len(translations) == len(sources)
     assert translations == ["vamos", "", "", "buenos días", ""]
+
+
+def test_a_blank_line_gets_one_empty_translation_whatever_the_search(translator):
+    sources = ["let's go", "", "   ", "\t"]
+    for options in ({}, {"beam": 3, "n_best": 2}, {"temperature": 1.0, "seed": 0}):
+        translations = translator.translations(sources, **options)
+        assert len(translations[0]) == options.get("n_best", 1)
+        for blank in translations[1:]:
+            answer = answer_of(blank, with_attention=True)
+            assert answer == {
+                "text": "",
+                "tokens": [],
+                "score": 0.0,
+                "truncated": False,
+                "n_best": [{"text": "", "tokens": [], "score": 0.0, "truncated": False}],
+                "source_tokens": [],
+            }
 
 
 def test_translating_a_list_equals_translating_each_sentence_alone(translator):
@@ -110,7 +162,8 @@ def test_evaluate_scores_memorised_pairs_near_perfectly(translator):
     scores = translator.evaluate(pairs)
     forced = {"teacher_forced_loss", "teacher_forced_ppl"}
     signed = {"bleu_signature", "bleu_tok_signature", "chrf_signature"}
-    assert set(scores) == {"loss", "ppl", "bleu", "bleu_tok", "chrf"} | forced | signed
+    assert set(scores) == {"loss", "ppl", "bleu", "bleu_tok", "chrf", "truncated"} | forced | signed
+    assert scores["truncated"] == 0
     assert scores["loss"] < 0.5
     assert scores["ppl"] == pytest.approx(math.exp(scores["loss"]))
     assert scores["teacher_forced_ppl"] == pytest.approx(math.exp(scores["teacher_forced_loss"]))

@@ -262,6 +262,9 @@ def _scores(args: argparse.Namespace, with_translations: bool) -> dict:
         )
 
 
+LIMIT_SETTINGS = "(decoding.max_len_a * source tokens + max_len_b, at most max_len)"
+
+
 def _print_scores(args: argparse.Namespace, scores: dict) -> None:
     if args.json:
         print(json.dumps(scores))
@@ -274,6 +277,7 @@ def _print_scores(args: argparse.Namespace, scores: dict) -> None:
     )
     for name, key in (("BLEU", "bleu"), ("BLEU (tokenized)", "bleu_tok"), ("chrF", "chrf")):
         print(f"{name} signature: {scores[f'{key}_signature']}")
+    print(f"translations cut at the length limit: {scores['truncated']} {LIMIT_SETTINGS}")
 
 
 def cmd_data_stats(args: argparse.Namespace) -> None:

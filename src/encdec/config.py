@@ -87,7 +87,11 @@ class TrainingConfig:
 
 @dataclass
 class DecodingConfig:
-    max_len: int = 50
+    # a sentence's translation may have max_len_a * its source tokens + max_len_b tokens (the
+    # defaults leave room for every Multi30k reference), and at most max_len when that is set
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    max_len: int | None = None
     temperature: float = 0.0  # 0 means greedy (argmax); above 0, sample from softmax(logits / T)
     top_k: int | None = None  # when sampling, only among the k likeliest tokens
     beam_size: int = 1  # above 1, beam search with this many beams (then temperature must be 0)
@@ -148,6 +152,8 @@ NON_NEGATIVE = {
     ("training", "keep_checkpoints"),
     ("decoding", "temperature"),
     ("decoding", "coverage_penalty"),
+    ("decoding", "max_len_a"),
+    ("decoding", "max_len_b"),
 }
 FRACTIONS = {
     ("model", "dropout"),

@@ -100,7 +100,9 @@ def evaluate(
         teacher_forcing_ratio=1.0,
         description=f"{description} forced".strip(),
     )
-    translations = translator.translations_of(sources, source_tokens, seed=seed, **options)
+    translations = translator.translations_of(
+        sources, source_tokens, seed=seed, with_attention=False, **options
+    )
     best = [sentence_translations[0] for sentence_translations in translations]
     to_words = translator.trg_tokenizer.to_words
     hypotheses = [translation.text for translation in best]
@@ -115,6 +117,7 @@ def evaluate(
             [to_words(tokens) for tokens in reference_tokens],
         ),
         "chrf": chrf(hypotheses, references),
+        "truncated": sum(translation.truncated for translation in best),  # cut at the limit
         **signatures(),
     }
     return scores | {"translations": hypotheses} if with_translations else scores

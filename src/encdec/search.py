@@ -1,13 +1,18 @@
 """Decoding: from a source batch to target ids, greedily, by sampling, or by beam search.
 
 All three run a whole batch at once and call the decoder one step at a time, exactly as in
-training; they differ only in which next tokens they keep.
+training; they differ only in which next tokens they keep. They hand back tensors for the whole
+batch (`Found`); the translator makes them into hypotheses and text. Each sentence may write at
+most `length_limits` tokens, a number that grows with its source; a translation that reaches
+it is ended there, paying for <eos>, and marked as truncated.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 
 from encdec.batching import collate, evaluation_batches
@@ -15,21 +20,10 @@ from encdec.config import DecodingConfig
 from encdec.model import Seq2Seq
 from encdec.pair_ids import PairIds
 from encdec.progress import progress_bar
-from encdec.vocab import PAD_IDX, SOS_IDX, Vocab
+from encdec.vocab import EOS_IDX, PAD_IDX, SOS_IDX
 
 NEVER_CHOSEN = (PAD_IDX, SOS_IDX)  # tokens no translation may contain (fairseq's rule too)
-
-
-def allowed_log_probs(scores: torch.Tensor) -> torch.Tensor:
-    """log_softmax of (rows, V) scores, with <pad> and <sos> at -inf so no search picks them.
-
-    They are masked after the normalisation, so the other tokens keep the model's own
-    log-probabilities (what `evaluation.target_log_probs` scores) and sampling's distribution
-    is the model's renormalised over the tokens it may choose.
-    """
-    log_probs = torch.log_softmax(scores, dim=-1)
-    log_probs[:, NEVER_CHOSEN] = float("-inf")
-    return log_probs
+READ_EVERY = 8  # greedy decoding asks the device which sentences have ended every 8 steps
 
 
 @dataclass
@@ -40,20 +34,112 @@ class Hypothesis:
     score: float  # sum of the log-probabilities of its tokens, <eos> included
     attention: torch.Tensor | None = None  # (len(ids), S) weights over the source per token
     coverage: float = 0.0  # how fully its attention covered the source (`coverage`); 0 is fully
+    truncated: bool = False  # it reached its length limit and was ended there
 
 
-def coverage(attention: torch.Tensor | None, src_length: int) -> float:
+@dataclass
+class Found:
+    """What a search found for a batch of B sentences, n translations each, best first.
+
+    A translation's ids are ids[b, j, :lengths[b, j]]; the rest is <pad>. A slot that found
+    nothing (fewer than n distinct translations) has the score -inf.
+    """
+
+    ids: torch.Tensor  # (B, n, T) target ids, without <sos> and <eos>
+    lengths: torch.Tensor  # (B, n) tokens before <eos>
+    scores: torch.Tensor  # (B, n) log-probability of the tokens and <eos>
+    coverage: torch.Tensor  # (B, n) `coverage` of the source; 0 without attention
+    truncated: torch.Tensor  # (B, n) bool: ended at the length limit, not by choosing <eos>
+    attention: torch.Tensor | None = None  # (B, n, T, S) per token, when asked for
+
+    def to(self, device: torch.device | str) -> Found:
+        """Every tensor on `device` (one copy each, e.g. to the host once per batch)."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Found(**{k: v.to(device) if v is not None else None for k, v in moved.items()})
+
+
+def length_limits(src_lengths: torch.Tensor, decoding: DecodingConfig) -> torch.Tensor:
+    """(B,) most target tokens per sentence: max_len_a * source tokens + max_len_b, at most
+    max_len (when set) and at least 1. `src_lengths` count <sos> and <eos>, which are left out."""
+    source_tokens = (src_lengths - 2).double()
+    limits = (decoding.max_len_a * source_tokens + decoding.max_len_b).floor().long()
+    return limits.clamp(min=1, max=decoding.max_len)
+
+
+def allowed_log_probs(scores: torch.Tensor) -> torch.Tensor:
+    """log_softmax of (rows, V) scores, with <pad> and <sos> at -inf so no search picks them.
+
+    They are masked after the normalisation, so the other tokens keep the model's own
+    log-probabilities (what `evaluation.target_log_probs` scores) and sampling's distribution
+    is the model's renormalised over the tokens it may choose.
+    """
+    log_probs = torch.log_softmax(scores.float(), dim=-1)
+    log_probs[:, NEVER_CHOSEN] = float("-inf")
+    return log_probs
+
+
+def coverage(received: torch.Tensor, src_lengths: torch.Tensor) -> torch.Tensor:
     """Sum over the source words of log(min(attention they received, 1)) (Wu et al., 2016).
 
-    `attention` (steps, S) holds one translation's weights over a source of `src_length`
-    positions, <sos> and <eos> included, which are left out here. A word that the translation
-    attended to for a whole step or more adds 0; one it overlooked adds a large negative number,
+    `received` (..., S) is the attention each source position received over a translation's
+    tokens; `src_lengths` (...,) count <sos> and <eos>, which are left out, as is padding. A word
+    attended to for a whole step or more adds 0; one overlooked adds a large negative number,
     so ranking by `coverage_penalty` times this favours translations that leave nothing out.
     """
-    if attention is None:
-        return 0.0
-    received = attention[:, 1 : src_length - 1].sum(dim=0)  # (source words,)
-    return received.clamp(min=1e-10, max=1.0).log().sum().item()
+    positions = torch.arange(received.shape[-1], device=received.device)  # (S,)
+    words = (positions >= 1) & (positions < src_lengths.unsqueeze(-1) - 1)  # (..., S)
+    return received.clamp(min=1e-10, max=1.0).log().masked_fill(~words, 0.0).sum(-1)
+
+
+# Sampling draws Gumbel noise from a hash of (sentence key, step, token) instead of a random
+# generator shared by the batch, so a sentence's sample never depends on its batch.
+_MASK = 0xFFFFFFFF
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash of each element of an int64 tensor in [0, 2**32)."""
+    for _ in range(2):  # products stay below 2**63: 32-bit values times a 27-bit constant
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & _MASK
+    return x ^ (x >> 16)
+
+
+def sampling_keys(src: torch.Tensor, src_lengths: torch.Tensor, seed: int | None) -> torch.Tensor:
+    """(B,) one key per sentence from `seed` and its source ids (S, B); random without a seed.
+
+    With a seed, a sentence samples the same translation wherever it is decoded: alone, in any
+    batch, in any position, on the command line or in the server.
+    """
+    if seed is None:
+        return torch.randint(0, _MASK, (src.shape[1],), device=src.device)
+    positions = torch.arange(src.shape[0], device=src.device).unsqueeze(1)  # (S, 1)
+    inside = positions < src_lengths.to(src.device).unsqueeze(0)  # (S, B)
+    words = _mix((src.long() + (positions << 20)) & _MASK).masked_fill(~inside, 0)  # (S, B)
+    return _mix((words.sum(0) & _MASK) ^ _mix(torch.tensor(seed & _MASK, device=src.device)))
+
+
+def gumbel_noise(keys: torch.Tensor, step: int, vocab_size: int) -> torch.Tensor:
+    """(rows, V) Gumbel(0, 1) noise of the rows' `keys` (rows,) at decoder step `step`."""
+    row = _mix(keys ^ _mix(torch.tensor(step + 1, device=keys.device)))  # (rows,)
+    tokens = _mix(torch.arange(vocab_size, device=keys.device) + 0x9E3779B9 & _MASK)  # (V,)
+    bits = _mix(row.unsqueeze(1) ^ tokens)  # (rows, V)
+    uniform = ((bits >> 8).float() + 0.5) / 2**24  # in (0, 1)
+    return -torch.log(-torch.log(uniform))
+
+
+def choose_next(
+    log_probs: torch.Tensor,
+    temperature: float,
+    top_k: int | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Next token per row of (rows, V) log-probabilities: the argmax, or at a temperature above
+    0 a sample from softmax(log_probs / temperature) (the argmax after adding Gumbel `noise`)."""
+    if temperature == 0:
+        return log_probs.argmax(-1)
+    if top_k is not None and top_k < log_probs.shape[-1]:
+        threshold = log_probs.topk(top_k, dim=-1).values[:, -1:]  # (rows, 1): the k-th largest
+        log_probs = log_probs.masked_fill(log_probs < threshold, float("-inf"))
+    return (log_probs / temperature + noise).argmax(-1)
 
 
 @torch.no_grad()
@@ -61,73 +147,81 @@ def decode(
     model: Seq2Seq,
     src: torch.Tensor,
     src_lengths: torch.Tensor,
-    sos_idx: int,
-    eos_idx: int,
-    max_len: int,
+    limits: torch.Tensor,
     temperature: float = 0.0,
     top_k: int | None = None,
-    generator: torch.Generator | None = None,
-) -> list[Hypothesis]:
-    """Decode a batch one token at a time until <eos> or `max_len` tokens.
+    keys: torch.Tensor | None = None,
+    with_attention: bool = False,
+) -> Found:
+    """Decode a batch one token at a time until <eos> or each sentence's limit (B,) on the host.
 
     temperature 0 takes the argmax (greedy decoding); above 0 it samples from
-    softmax(logits / temperature), among the `top_k` likeliest tokens when given. Finished
-    sentences leave the batch, so the work shrinks as they end.
+    softmax(logits / temperature), among the `top_k` likeliest tokens when given, with the
+    noise of each sentence's key (`sampling_keys`). Every READ_EVERY steps the sentences that
+    have ended leave the batch: the only time the loop waits for the device.
     """
     state = model.encode(src, src_lengths)
     batch_size, device = src.shape[1], src.device
-    # the buffers stay on the model's device; one read at the end brings them to the host
-    generated = torch.full((max_len, batch_size), eos_idx, dtype=torch.long, device=device)
+    steps = int(limits.max()) + 1  # the step after the limit only ends a sentence
+    ids = torch.full((steps, batch_size), PAD_IDX, dtype=torch.long, device=device)
+    lengths = limits.to(device).clone()  # (B,) where a forced <eos> puts it, until one is chosen
     scores = torch.zeros(batch_size, device=device)
-    attention = None  # (max_len, B, S) weights per step, for a model with attention
-    if model.decoder.attention is not None:
-        attention = torch.zeros(max_len, batch_size, src.shape[0], device=device)
+    truncated = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    attending = model.decoder.attention is not None
+    received = torch.zeros(batch_size, src.shape[0], device=device) if attending else None
+    weights = None  # (steps, B, S) per token, when asked for
+    if with_attention and attending:
+        weights = torch.zeros(steps, batch_size, src.shape[0], device=device)
+    if temperature > 0 and keys is None:
+        keys = sampling_keys(src, src_lengths, None)
     active = torch.arange(batch_size, device=device)  # batch positions still decoding
-    tokens = torch.full((1, batch_size), sos_idx, dtype=torch.long, device=device)
-    for step in range(max_len):
-        logits, state = model.decoder(tokens, state)  # (1, active, V)
-        log_probs = allowed_log_probs(logits[0])  # (active, V)
-        tokens = choose_next(log_probs, temperature, top_k, generator).unsqueeze(0)  # (1, active)
-        scores[active] += log_probs.gather(1, tokens.T).squeeze(1)
-        generated[step, active] = tokens[0]
-        if attention is not None:
-            attention[step, active] = state.attention[0]
-        unfinished = tokens[0] != eos_idx
-        still_decoding = int(unfinished.sum())  # the step's one read on the host
-        if still_decoding == 0:
-            break
-        if still_decoding < len(active):
-            active, tokens = active[unfinished], tokens[:, unfinished]
-            state = state.select(unfinished)
-    generated, scores = generated.cpu(), scores.tolist()
-    attention = attention.cpu() if attention is not None else None
-    lengths = src_lengths.tolist()
-    return [
-        _hypothesis(
-            generated[:, i],
-            scores[i],
-            attention[:, i] if attention is not None else None,
-            eos_idx,
-            lengths[i],
-        )
-        for i in range(batch_size)
-    ]
-
-
-def choose_next(
-    logits: torch.Tensor,
-    temperature: float,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Next token per row of (B, V) logits: argmax, or a sample at the given temperature."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    if top_k is not None and top_k < logits.shape[-1]:
-        threshold = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1): the k-th largest
-        logits = logits.masked_fill(logits < threshold, float("-inf"))
-    probabilities = torch.softmax(logits / temperature, dim=-1)
-    return torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
+    row_limits, ended = lengths.clone(), torch.zeros(batch_size, dtype=torch.bool, device=device)
+    tokens = torch.full((1, batch_size), SOS_IDX, dtype=torch.long, device=device)
+    for step in range(steps):
+        logits, state = model.decoder(tokens, state)  # (1, rows, V)
+        log_probs = allowed_log_probs(logits[0])  # (rows, V)
+        noise = gumbel_noise(keys[active], step, log_probs.shape[-1]) if temperature > 0 else None
+        chosen = choose_next(log_probs, temperature, top_k, noise)  # (rows,)
+        at_limit = (row_limits == step) & ~ended  # such a sentence must end now
+        truncated[active] |= at_limit & (chosen != EOS_IDX)  # it would have gone on
+        chosen = torch.where(at_limit, EOS_IDX, chosen)
+        taken = log_probs.gather(1, chosen.unsqueeze(1)).squeeze(1).masked_fill(ended, 0.0)
+        scores[active] += taken
+        ending = (chosen == EOS_IDX) & ~ended
+        lengths[active] = torch.where(ending, step, lengths[active])
+        ids[step, active] = chosen.masked_fill(ended | ending, PAD_IDX)
+        if received is not None:
+            writing = ~(ended | ending)  # a token shown, with its attention row
+            received[active] += state.attention[0] * writing.unsqueeze(1)
+            if weights is not None:
+                weights[step, active] = state.attention[0]
+        ended |= ending
+        tokens = chosen.unsqueeze(0)
+        if step % READ_EVERY == READ_EVERY - 1 and step + 1 < steps:
+            still = (~ended).tolist()  # the loop's one read of the device, every READ_EVERY steps
+            if not any(still):
+                break
+            if not all(still):
+                kept = _on(device, [i for i, on in enumerate(still) if on])
+                active, row_limits, ended, tokens = (
+                    active[kept],
+                    row_limits[kept],
+                    ended[kept],
+                    tokens[:, kept],
+                )
+                state = state.select(kept)
+    attention = None
+    if weights is not None:
+        attention = weights.permute(1, 0, 2).unsqueeze(1)  # (B, 1, T, S)
+    covered = coverage(received, src_lengths.to(device)) if received is not None else scores * 0
+    return Found(
+        ids.T.unsqueeze(1),
+        lengths.unsqueeze(1),
+        scores.unsqueeze(1),
+        covered.unsqueeze(1),
+        truncated.unsqueeze(1),
+        attention,
+    )
 
 
 @torch.no_grad()
@@ -135,235 +229,248 @@ def beam_search(
     model: Seq2Seq,
     src: torch.Tensor,
     src_lengths: torch.Tensor,
-    sos_idx: int,
-    eos_idx: int,
-    max_len: int,
+    limits: torch.Tensor,
     beam_size: int,
     length_penalty: float = 1.0,
     n_best: int = 1,
     coverage_penalty: float = 0.0,
-) -> list[list[Hypothesis]]:
+    with_attention: bool = False,
+) -> Found:
     """The `n_best` translations of each sentence with the best normalised score found by beams.
 
     Each sentence keeps `beam_size` live partial translations, rows of one (B * beam) batch. A
     step looks at the best 2 * beam_size extensions: those that end with <eos> among the first
-    beam_size are set aside as finished, and the best beam_size others live on. A sentence is
-    done, and its rows leave the batch, once it has `n_best` finished translations that no live
-    one can still beat; at `max_len` the live ones finish as they stand. Translations are ranked
-    by score / (len(ids) + 1) ** `length_penalty` (0 ranks by the raw log-probability), plus
-    `coverage_penalty` times their `coverage` of the source (0 leaves it out).
+    beam_size join the sentence's n best finished ones if they rank among them, and the best
+    beam_size others live on. A sentence is done, and its rows leave the batch, once its n best
+    finished translations can be beaten by no live one; at its limit (B,), on the host, only
+    <eos> may extend a live one. Translations are ranked by `normalised_score`. The tokens and
+    attention of the live rows are kept in buffers preallocated for the longest limit, with
+    each row's parent, and followed back once at the end.
     """
-    batch_size, device = src.shape[1], src.device
+    batch_size, device, beam = src.shape[1], src.device, beam_size
+    rows = batch_size * beam
     state = model.encode(src, src_lengths)
-    state = state.select(torch.arange(batch_size, device=device).repeat_interleave(beam_size))
-    scores = torch.full((batch_size, beam_size), float("-inf"), device=device)
+    state = state.select(torch.arange(batch_size, device=device).repeat_interleave(beam))
+    steps = int(limits.max()) + 1
+    sentence_limits, sentence_lengths = limits.to(device), src_lengths.to(device)
+    # the live rows, by their place in the batch (rows leave as their sentences are done)
+    scores = torch.full((batch_size, beam), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start equal: keep one so the first step has no duplicates
-    tokens = torch.full((1, batch_size * beam_size), sos_idx, dtype=torch.long, device=device)
-    history = tokens[:0]  # (steps, rows) the live rows' tokens
-    attention = None  # (steps, rows, S) the live rows' attention, for a model with attention
-    if model.decoder.attention is not None:
-        attention = torch.zeros(0, batch_size * beam_size, src.shape[0], device=device)
-    searching = list(range(batch_size))  # the sentences whose rows are in the batch, in order
-    src_length = src_lengths.tolist()  # per sentence of the batch
-    finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
-    ranking = (length_penalty, coverage_penalty)  # what normalised_score ranks by
-    for _ in range(max_len):
-        logits, state = model.decoder(tokens, state)  # (1, rows, V)
-        log_probs = allowed_log_probs(logits[0])  # (rows, V)
-        vocab_size = log_probs.shape[-1]
-        candidates = (scores.view(-1, 1) + log_probs).view(len(searching), -1)  # (n, beam * V)
-        top_scores, top = candidates.topk(2 * beam_size, dim=-1)  # (n, 2 * beam), best first
-        first_row = torch.arange(len(searching), device=device).unsqueeze(1) * beam_size  # (n, 1)
-        parents = first_row + top // vocab_size  # (n, 2 * beam) the rows they extend
-        ends = top % vocab_size == eos_idx  # (n, 2 * beam)
-        setting_aside = ends[:, :beam_size] & top_scores[:, :beam_size].isfinite()  # (n, beam)
-        if setting_aside.any():
-            _set_aside(
-                finished,
-                searching,
-                src_length,
-                setting_aside,
-                top_scores,
-                parents,
-                history,
-                attention,
-            )
+    tokens = torch.full((1, rows), SOS_IDX, dtype=torch.long, device=device)
+    row_ids = torch.arange(rows, device=device)  # each live row's place in the buffers
+    attending = model.decoder.attention is not None
+    received = torch.zeros(rows, src.shape[0], device=device) if attending else None
+    # the history of every row: its token and the row it extended, per step
+    history = torch.full((steps, rows), PAD_IDX, dtype=torch.long, device=device)
+    parents = torch.zeros((steps, rows), dtype=torch.long, device=device)
+    weights = None  # (steps, rows, S)
+    if with_attention and attending:
+        weights = torch.zeros(steps, rows, src.shape[0], device=device)
+    best = _Finished.empty(batch_size, n_best, device)
+    searching = torch.arange(batch_size, device=device)  # the sentences with live rows
+    ranking = (length_penalty, coverage_penalty)
+    for step in range(steps):
+        logits, state = model.decoder(tokens, state)  # (1, n * beam, V)
+        log_probs = allowed_log_probs(logits[0])  # (n * beam, V)
+        n, vocab_size = scores.shape[0], log_probs.shape[-1]
+        at_limit = (sentence_limits[searching] == step).repeat_interleave(beam)  # (n * beam,)
+        wanted_more = at_limit & (log_probs.argmax(-1) != EOS_IDX)
+        only_eos = torch.full_like(log_probs, float("-inf"))
+        only_eos[:, EOS_IDX] = log_probs[:, EOS_IDX]
+        log_probs = torch.where(at_limit.unsqueeze(1), only_eos, log_probs)
+        candidates = (scores.view(-1, 1) + log_probs).view(n, -1)  # (n, beam * V)
+        top_scores, top = candidates.topk(2 * beam, dim=-1)  # (n, 2 * beam), best first
+        first_row = torch.arange(n, device=device).unsqueeze(1) * beam  # (n, 1)
+        top_parents = first_row + top // vocab_size  # (n, 2 * beam) the rows they extend
+        ends = top % vocab_size == EOS_IDX  # (n, 2 * beam)
+        src_of_rows = sentence_lengths[searching].repeat_interleave(beam)  # (n * beam,)
+        covered = coverage(received, src_of_rows) if received is not None else None
+        ending = ends[:, :beam] & top_scores[:, :beam].isfinite()  # (n, beam)
+        ending_parents = top_parents[:, :beam]  # (n, beam)
+        candidate = _Finished(
+            rank=torch.zeros(n, beam, dtype=torch.float64, device=device),
+            score=top_scores[:, :beam],
+            length=torch.full((n, beam), step, dtype=torch.long, device=device),
+            row=row_ids[ending_parents],  # the row holding its last token, at step - 1
+            coverage=covered[ending_parents] if covered is not None else top_scores[:, :beam] * 0,
+            truncated=wanted_more[ending_parents],
+        )
+        candidate.rank = normalised_scores(candidate.score, step, candidate.coverage, *ranking)
+        candidate.rank = candidate.rank.masked_fill(~ending, float("-inf"))
+        best.merge(searching, candidate)
         # at most beam_size candidates end with <eos> (one per row), so beam_size others live on
-        live = top_scores.masked_fill(ends, float("-inf")).topk(beam_size, dim=-1).indices
+        live = top_scores.masked_fill(ends, float("-inf")).topk(beam, dim=-1).indices
         scores = top_scores.gather(1, live)  # (n, beam)
-        rows = parents.gather(1, live).view(-1)  # (n * beam,)
+        chosen_rows = top_parents.gather(1, live).view(-1)  # (n * beam,)
         tokens = (top.gather(1, live) % vocab_size).view(1, -1)  # (1, n * beam)
-        history = torch.cat([history[:, rows], tokens])
-        if attention is not None:
-            attention = torch.cat([attention[:, rows], state.attention[:, rows]])
-        state = state.select(rows)
-        reachable = _best_reachable(scores, history.shape[0], max_len, length_penalty)
-        staying = [
-            index
-            for index, sentence in enumerate(searching)
-            if not _is_done(finished[sentence], reachable[index], n_best, ranking)
-        ]
-        if len(staying) < len(searching):
-            if not staying:
-                return _best_finished(finished, ranking, n_best)
-            kept = torch.tensor(staying, device=device)
-            rows = (kept.unsqueeze(1) * beam_size + torch.arange(beam_size, device=device)).view(-1)
-            scores, tokens, history = scores[kept], tokens[:, rows], history[:, rows]
-            attention = attention[:, rows] if attention is not None else None
-            state = state.select(rows)
-            searching = [searching[index] for index in staying]
-    _finish_live(finished, searching, src_length, scores, history, attention)
-    return _best_finished(finished, ranking, n_best)
+        history[step, row_ids] = tokens[0]
+        parents[step, row_ids] = row_ids[chosen_rows]
+        if received is not None:
+            looked = state.attention[0, chosen_rows]  # (n * beam, S) the new token's weights
+            received = received[chosen_rows] + looked
+            if weights is not None:
+                weights[step, row_ids] = looked
+        state = state.select(chosen_rows)
+        limit = sentence_limits[searching]
+        reachable = _best_reachable(scores, step + 1, limit, length_penalty)  # (n,)
+        done = (best.rank[searching, -1] >= reachable).tolist()  # the step's one read
+        if all(done):
+            break
+        if any(done):
+            kept = _on(device, [i for i, d in enumerate(done) if not d])
+            kept_rows = (kept.unsqueeze(1) * beam + torch.arange(beam, device=device)).view(-1)
+            scores, tokens, row_ids = scores[kept], tokens[:, kept_rows], row_ids[kept_rows]
+            received = received[kept_rows] if received is not None else None
+            state = state.select(kept_rows)
+            searching = searching[kept]
+    return best.found(history, parents, weights)
+
+
+def _on(device: torch.device, indices: list[int]) -> torch.Tensor:
+    """Host indices as a tensor on `device`, copied without waiting for the device."""
+    return torch.tensor(indices).to(device, non_blocking=True)
+
+
+def normalised_scores(
+    scores: torch.Tensor,
+    lengths: torch.Tensor | int,
+    coverages: torch.Tensor,
+    length_penalty: float,
+    coverage_penalty: float = 0.0,
+) -> torch.Tensor:
+    """What beam search ranks by: score / (tokens + 1) ** length_penalty (<eos> counted) plus
+    coverage_penalty * coverage, elementwise."""
+    if isinstance(lengths, int):
+        lengths = torch.tensor(lengths, device=scores.device)
+    scores, coverages = scores.double(), coverages.double()  # as `normalised_score` ranks
+    return scores / (lengths + 1).double() ** length_penalty + coverage_penalty * coverages
 
 
 def normalised_score(
     hypothesis: Hypothesis, length_penalty: float, coverage_penalty: float = 0.0
 ) -> float:
-    """What beam search ranks by: score / (tokens + 1) ** length_penalty (<eos> counted) plus
-    coverage_penalty * the hypothesis's coverage of the source."""
+    """`normalised_scores` of one hypothesis."""
     length_normalised = hypothesis.score / (len(hypothesis.ids) + 1) ** length_penalty
     return length_normalised + coverage_penalty * hypothesis.coverage
 
 
 def _best_reachable(
-    scores: torch.Tensor, length: int, max_len: int, length_penalty: float
-) -> list[float]:
-    """Per sentence, the best normalised score its live rows (n, beam) of `length` tokens can reach.
+    scores: torch.Tensor, length: int, limits: torch.Tensor, length_penalty: float
+) -> torch.Tensor:
+    """(n,) per sentence, the best normalised score its live rows (n, beam) of `length` tokens
+    can reach.
 
-    A live score (<= 0) only falls, and a row ends with `length` to `max_len` tokens; the
+    A live score (<= 0) only falls, and a row ends with `length` to `limits` tokens; the
     normalised score is monotonic in the length, so its best lies at one of the two ends. The
     coverage term is at most 0, so leaving it out keeps this a bound.
     """
     best_live = scores.max(dim=1).values  # (n,)
-    ending_next, ending_at_max_len = (length + 1) ** length_penalty, (max_len + 1) ** length_penalty
-    return torch.maximum(best_live / ending_next, best_live / ending_at_max_len).tolist()
+    ending_next = float(length + 1) ** length_penalty
+    ending_at_limit = (limits + 1).to(scores.dtype) ** length_penalty
+    reachable = torch.maximum(best_live / ending_next, best_live / ending_at_limit)
+    return reachable.nan_to_num(nan=float("-inf"))  # rows with no live candidate left
 
 
-def _is_done(
-    finished: list[Hypothesis], reachable: float, n_best: int, ranking: tuple[float, float]
-) -> bool:
-    """Whether `n_best` finished translations are kept that no live one can beat any more."""
-    if len(finished) < n_best:
-        return False
-    kept = sorted((normalised_score(h, *ranking) for h in finished), reverse=True)
-    return reachable <= kept[n_best - 1]
+@dataclass
+class _Finished:
+    """Each sentence's n best finished translations so far (B, n), best first, as pointers into
+    beam search's history: the row that holds a translation's last token and its length."""
 
+    rank: torch.Tensor  # (B, n) normalised score (float64); -inf for an empty slot
+    score: torch.Tensor
+    length: torch.Tensor
+    row: torch.Tensor
+    coverage: torch.Tensor
+    truncated: torch.Tensor
 
-def _set_aside(
-    finished: list[list[Hypothesis]],
-    searching: list[int],
-    src_length: list[int],
-    setting_aside: torch.Tensor,
-    top_scores: torch.Tensor,
-    parents: torch.Tensor,
-    history: torch.Tensor,
-    attention: torch.Tensor | None,
-) -> None:
-    """Add the candidates that end with <eos> to their sentences' finished translations."""
-    beam_size = setting_aside.shape[1]
-    rows = parents[:, :beam_size][setting_aside]  # (m,) the live rows they end
-    scores = top_scores[:, :beam_size][setting_aside].tolist()
-    ids = history[:, rows].T.tolist()  # m lists of tokens, <eos> left out
-    weights = attention[:, rows].cpu() if attention is not None else None  # (steps, m, S)
-    sentences = setting_aside.nonzero()[:, 0].tolist()
-    for index, (sentence, score) in enumerate(zip(sentences, scores)):
-        looked = weights[:, index] if weights is not None else None
-        original = searching[sentence]
-        covered = coverage(looked, src_length[original])
-        finished[original].append(Hypothesis(ids[index], score, looked, covered))
+    @classmethod
+    def empty(cls, batch_size: int, n: int, device: torch.device) -> _Finished:
+        zeros = torch.zeros(batch_size, n, device=device)
+        return cls(
+            torch.full((batch_size, n), float("-inf"), dtype=torch.float64, device=device),
+            torch.full((batch_size, n), float("-inf"), device=device),
+            torch.zeros(batch_size, n, dtype=torch.long, device=device),
+            torch.zeros(batch_size, n, dtype=torch.long, device=device),
+            zeros,
+            torch.zeros(batch_size, n, dtype=torch.bool, device=device),
+        )
 
+    def merge(self, sentences: torch.Tensor, candidates: _Finished) -> None:
+        """Keep the n best of sentences' (n,) finished ones and `candidates` (n, beam)."""
+        n = self.rank.shape[1]
+        names = [f.name for f in fields(self)]
+        joined = {
+            name: torch.cat([getattr(self, name)[sentences], getattr(candidates, name)], 1)
+            for name in names
+        }
+        order = joined["rank"].topk(n, dim=1).indices  # (sentences, n), best first
+        for name in names:
+            getattr(self, name)[sentences] = joined[name].gather(1, order)
 
-def _finish_live(
-    finished: list[list[Hypothesis]],
-    searching: list[int],
-    src_length: list[int],
-    scores: torch.Tensor,
-    history: torch.Tensor,
-    attention: torch.Tensor | None,
-) -> None:
-    """At max_len: the live rows, cut off without <eos>, join their sentences' finished ones."""
-    beam_size = scores.shape[1]
-    flat_scores, ids = scores.view(-1).tolist(), history.T.tolist()
-    weights = attention.cpu() if attention is not None else None  # (max_len, rows, S)
-    for row, score in enumerate(flat_scores):
-        if score != float("-inf"):  # a row that never had a real candidate to extend
-            looked = weights[:, row] if weights is not None else None
-            original = searching[row // beam_size]
-            covered = coverage(looked, src_length[original])
-            finished[original].append(Hypothesis(ids[row], score, looked, covered))
-
-
-def _best_finished(
-    finished: list[list[Hypothesis]], ranking: tuple[float, float], n_best: int
-) -> list[list[Hypothesis]]:
-    """Each sentence's `n_best` finished translations, best first by normalised score."""
-    return [
-        sorted(hypotheses, key=lambda h: normalised_score(h, *ranking), reverse=True)[:n_best]
-        for hypotheses in finished
-    ]
-
-
-def _hypothesis(
-    tokens: torch.Tensor,
-    score: float,
-    attention: torch.Tensor | None,
-    eos_idx: int,
-    src_length: int,
-) -> Hypothesis:
-    """A hypothesis from one column of generated tokens (steps,), cut at its first <eos>."""
-    ids = tokens.tolist()
-    length = ids.index(eos_idx) if eos_idx in ids else len(ids)
-    looked = attention[:length] if attention is not None else None
-    return Hypothesis(ids[:length], score, looked, coverage(looked, src_length))
+    def found(
+        self, history: torch.Tensor, parents: torch.Tensor, weights: torch.Tensor | None
+    ) -> Found:
+        """The translations, followed back from their last rows through `parents`."""
+        steps = history.shape[0]
+        ids = torch.full((*self.row.shape, steps), PAD_IDX, dtype=torch.long, device=history.device)
+        attention = None
+        if weights is not None:
+            attention = torch.zeros(
+                *self.row.shape, steps, weights.shape[-1], device=weights.device
+            )
+        row = self.row.clone()  # (B, n)
+        for step in reversed(range(steps)):
+            inside = step < self.length  # (B, n)
+            ids[:, :, step] = torch.where(inside, history[step, row], PAD_IDX)
+            if attention is not None:
+                attention[:, :, step] = weights[step, row] * inside.unsqueeze(-1)
+            row = torch.where(inside, parents[step, row], row)
+        scores = self.score.masked_fill(self.rank == float("-inf"), float("-inf"))
+        return Found(ids, self.length, scores, self.coverage, self.truncated, attention)
 
 
 def decode_examples(
     model: Seq2Seq,
     examples: PairIds,
-    trg_vocab: Vocab,
     decoding: DecodingConfig,
     n_best: int = 1,
-    generator: torch.Generator | None = None,
+    seed: int | None = None,
     *,
     src_pad_idx: int,
-) -> list[list[Hypothesis]]:
-    """Decode the sources of many examples in length-sorted batches; results in input order.
-
-    Each example gets its `n_best` hypotheses (one, unless beam search is asked for more). The
-    sources are padded with `src_pad_idx`, the source vocabulary's <pad>.
+    with_attention: bool = False,
+) -> Iterator[tuple[np.ndarray, Found]]:
+    """Decode the sources of many examples in length-sorted batches: each batch's positions in
+    `examples` and what its search found (`n_best` translations each, one unless beam search is
+    asked for more). The sources are padded with `src_pad_idx`, the source vocabulary's <pad>.
     """
     model.eval()
     device = next(model.parameters()).device
-    outputs: list[list[Hypothesis]] = [[] for _ in range(len(examples))]
     batches = evaluation_batches(examples, decoding.batch_size)
     for indices in progress_bar(batches, desc="translating", unit="batch", leave=False):
         batch = collate(examples, indices, src_pad_idx)  # only its source is read
-        src = batch.src.to(device)
-        ends = (trg_vocab.sos_idx, trg_vocab.eos_idx, decoding.max_len)
+        src, limits = batch.src.to(device), length_limits(batch.src_lengths, decoding)
         if decoding.beam_size > 1:
-            hypotheses = beam_search(
+            found = beam_search(
                 model,
                 src,
                 batch.src_lengths,
-                *ends,
+                limits,
                 decoding.beam_size,
                 decoding.length_penalty,
                 n_best,
                 decoding.coverage_penalty,
+                with_attention,
             )
         else:
-            hypotheses = [
-                [hypothesis]
-                for hypothesis in decode(
-                    model,
-                    src,
-                    batch.src_lengths,
-                    *ends,
-                    decoding.temperature,
-                    decoding.top_k,
-                    generator,
-                )
-            ]
-        for index, sentence_hypotheses in zip(indices, hypotheses):
-            outputs[index] = sentence_hypotheses
-    return outputs
+            keys = sampling_keys(src, batch.src_lengths, seed) if decoding.temperature > 0 else None
+            found = decode(
+                model,
+                src,
+                batch.src_lengths,
+                limits,
+                decoding.temperature,
+                decoding.top_k,
+                keys,
+                with_attention,
+            )
+        yield indices, found

@@ -80,8 +80,19 @@ def _translations_text(
     with --n-best its n-best list, lines numbered from `first_line`; with --json, a JSON object
     a sentence."""
     n_best_lists = translator.translations(
-        source, n_best=args.n_best or 1, seed=args.seed, **decoding_options(args)
+        source,
+        n_best=args.n_best or 1,
+        seed=args.seed,
+        with_attention=args.json,
+        **decoding_options(args),
     )
+    cut = sum(best.truncated for best, *_ in n_best_lists)
+    if cut:
+        print(
+            f"encdec translate: {cut} of {len(source)} lines reached the length limit "
+            "(decoding.max_len_a * source tokens + max_len_b, at most max_len) and were cut",
+            file=sys.stderr,
+        )
     if args.json:
         from encdec.translator import answer_of
 

@@ -26,7 +26,7 @@ from encdec.rescoring import (
     check_weights,
     rescore,
 )
-from encdec.search import Hypothesis, decode_examples
+from encdec.search import Found, Hypothesis, decode_examples
 from encdec.tokenize import Subwords, tokenizer_pair
 from encdec.vocab import EOS, SOS, UNK, Vocab
 
@@ -48,7 +48,8 @@ class Translation:
     tokens: list[str]  # target tokens, specials stripped
     score: float  # the model's log-probability of the tokens and <eos> (mixed, with a rescorer)
     source_tokens: list[str]  # the source as the model read it, <sos> and <eos> included
-    attention: torch.Tensor | None  # (len(tokens), len(source_tokens)) or None without attention
+    attention: torch.Tensor | None  # (len(tokens), len(source_tokens)); None unless asked for
+    truncated: bool = False  # it reached the length limit (decoding.max_len_a, _b, max_len)
 
 
 def answer_of(translations: list[Translation], with_attention: bool) -> dict:
@@ -59,7 +60,11 @@ def answer_of(translations: list[Translation], with_attention: bool) -> dict:
         "text": best.text,
         "tokens": best.tokens,
         "score": best.score,
-        "n_best": [{"text": t.text, "tokens": t.tokens, "score": t.score} for t in translations],
+        "truncated": best.truncated,
+        "n_best": [
+            {"text": t.text, "tokens": t.tokens, "score": t.score, "truncated": t.truncated}
+            for t in translations
+        ],
         "source_tokens": best.source_tokens,
     }
     if with_attention and best.attention is not None:
@@ -83,6 +88,26 @@ def _replace_unknowns(
 
 ENSEMBLE_REFUSAL = "an ensemble's checkpoints must be trained with the same data settings"
 RESCORER_REFUSAL = "a rescorer must tokenize alike and share both vocabularies"
+
+
+def hypotheses_of(found: Found) -> list[list[Hypothesis]]:
+    """Each sentence's hypotheses, best first, from what a search found (on the host)."""
+    ids, lengths, scores = found.ids.tolist(), found.lengths.tolist(), found.scores.tolist()
+    coverages, truncated = found.coverage.tolist(), found.truncated.tolist()
+    return [
+        [
+            Hypothesis(
+                ids[b][j][: lengths[b][j]],
+                scores[b][j],
+                found.attention[b, j, : lengths[b][j]] if found.attention is not None else None,
+                coverages[b][j],
+                truncated[b][j],
+            )
+            for j in range(len(ids[b]))
+            if scores[b][j] != float("-inf")  # a slot the search found nothing for
+        ]
+        for b in range(len(ids))
+    ]
 
 
 def _as_list(paths: str | Path | Sequence[str | Path]) -> list[str | Path]:
@@ -217,15 +242,19 @@ class Translator:
         n_best: int = 1,
         seed: int | None = None,
         beam: int | None = None,
+        with_attention: bool = True,
         **options,
     ) -> list[list[Translation]]:
         """The `n_best` translations of each sentence, with tokens, scores and attention.
 
-        `beam=5` is short for `beam_size=5`.
+        `beam=5` is short for `beam_size=5`. Without `with_attention` the translations carry
+        no attention (it is not kept while searching).
 
         `options` override the checkpoint's decoding settings (docs/config.md): beam_size,
-        max_len, temperature, top_k, length_penalty, coverage_penalty, unk_replace. Inputs are
-        batched by length; results come back in input order.
+        max_len_a, max_len_b, max_len, temperature, top_k, length_penalty, coverage_penalty,
+        unk_replace. Inputs are batched by length; results come back in input order. A blank
+        sentence (empty, or only whitespace) is not translated: it gets one empty translation,
+        scored 0.
         """
         if isinstance(sentences, str):  # it would translate each of its characters
             raise TypeError(
@@ -233,7 +262,9 @@ class Translator:
                 f"[{sentences!r}]"
             )
         source_tokens = self.src_tokenizer.tokenize_many(sentences)
-        return self.translations_of(sentences, source_tokens, n_best, seed, beam, **options)
+        return self.translations_of(
+            sentences, source_tokens, n_best, seed, beam, with_attention, **options
+        )
 
     def translations_of(
         self,
@@ -242,30 +273,52 @@ class Translator:
         n_best: int = 1,
         seed: int | None = None,
         beam: int | None = None,
+        with_attention: bool = True,
         **options,
     ) -> list[list[Translation]]:
         """`translations` of `sentences`, which `src_tokenizer` made into `source_tokens`."""
         decoding = self._decoding(n_best, {"beam_size": beam, **options})
-        examples = self.examples(source_tokens, [[] for _ in source_tokens])
-        hypotheses = decode_examples(
-            self.model,
-            examples,
-            self.trg_vocab,
-            decoding,
-            decoding.beam_size if self.second_opinions else n_best,  # they rerank the whole beam
-            self._generator(seed),
-            src_pad_idx=self.src_vocab.pad_idx,
-        )
+        attending = self.model.decoder.attention is not None
+        keeping_attention = attending and (with_attention or decoding.unk_replace)
+        kept = [index for index, sentence in enumerate(sentences) if sentence.strip()]
+        kept_tokens = [source_tokens[index] for index in kept]
+        hypotheses = self._hypotheses(kept_tokens, decoding, n_best, seed, keeping_attention)
         if self.second_opinions:
             ranking = (decoding.length_penalty, decoding.coverage_penalty)
-            hypotheses = rescore(self, hypotheses, source_tokens, ranking)
-        return [
-            [
-                self._translation(sentence, tokens, h, decoding.unk_replace)
-                for h in sentence_hyps[:n_best]
+            hypotheses = rescore(self, hypotheses, kept_tokens, ranking)
+        blank = Translation("", [], 0.0, [], torch.zeros(0, 0) if keeping_attention else None)
+        results = [[blank] for _ in sentences]
+        for index, tokens, sentence_hypotheses in zip(kept, kept_tokens, hypotheses):
+            results[index] = [
+                self._translation(tokens, hypothesis, decoding.unk_replace)
+                for hypothesis in sentence_hypotheses[:n_best]
             ]
-            for sentence, tokens, sentence_hyps in zip(sentences, source_tokens, hypotheses)
-        ]
+        return results
+
+    def _hypotheses(
+        self,
+        source_tokens: list[list[str]],
+        decoding: DecodingConfig,
+        n_best: int,
+        seed: int | None,
+        with_attention: bool,
+    ) -> list[list[Hypothesis]]:
+        """Each source's hypotheses, best first: `n_best`, or with second opinions the whole
+        beam they rerank. A batch's tensors come to the host once."""
+        examples = self.examples(source_tokens, [[] for _ in source_tokens])
+        hypotheses: list[list[Hypothesis]] = [[] for _ in source_tokens]
+        for indices, found in decode_examples(
+            self.model,
+            examples,
+            decoding,
+            decoding.beam_size if self.second_opinions else n_best,
+            seed,
+            src_pad_idx=self.src_vocab.pad_idx,
+            with_attention=with_attention,
+        ):
+            for index, sentence_hypotheses in zip(indices.tolist(), hypotheses_of(found.to("cpu"))):
+                hypotheses[index] = sentence_hypotheses
+        return hypotheses
 
     def examples(
         self, source_tokens: list[list[str]], target_tokens: list[list[str]]
@@ -280,13 +333,6 @@ class Translator:
             data.reverse_src,
             data.reverse_trg,
         )
-
-    def _generator(self, seed: int | None) -> torch.Generator | None:
-        """A sampling generator seeded with `seed`, on the model's device; None without a seed."""
-        if seed is None:
-            return None
-        device = next(self.model.parameters()).device
-        return torch.Generator(device=device).manual_seed(seed)
 
     def translate(self, sentences: Sequence[str], **options) -> list[str]:
         """Translations as text, one per input sentence (an empty sentence gives '').
@@ -319,7 +365,7 @@ class Translator:
         return tokens[::-1] if self.config.data.reverse_trg else tokens
 
     def _translation(
-        self, sentence: str, source_tokens: list[str], hypothesis: Hypothesis, unk_replace: bool
+        self, source_tokens: list[str], hypothesis: Hypothesis, unk_replace: bool
     ) -> Translation:
         tokens, attention = self.reading_order(hypothesis.ids), hypothesis.attention
         if self.config.data.reverse_trg and attention is not None:  # rows follow the tokens
@@ -330,8 +376,8 @@ class Translator:
             attention = attention[:, : len(read)]  # a batch pads sources; padding gets no weight
         if unk_replace and attention is not None:
             tokens = _replace_unknowns(tokens, read, attention)
-        text = self.trg_tokenizer.detokenize(tokens) if sentence.strip() else ""
-        return Translation(text, tokens, hypothesis.score, read, attention)
+        text = self.trg_tokenizer.detokenize(tokens)
+        return Translation(text, tokens, hypothesis.score, read, attention, hypothesis.truncated)
 
     def evaluate(
         self,
