@@ -75,10 +75,10 @@ class BatchingQueue:
     ) -> list[Any]:
         """The results of `decode` for `sentences`, in order, once their batches have run.
 
-        `alone` keeps the request's sentences in one batch of their own (seeded sampling
-        depends on the batch); otherwise they may share batches with other requests.
+        `alone` keeps the request's sentences in batches of their own; otherwise they may share
+        batches with other requests. Either way a batch holds at most `max_batch_sentences`.
         """
-        size = max(len(sentences), 1) if alone else self.max_batch_sentences
+        size = self.max_batch_sentences
         request = next(self._request_ids)
         chunks = [
             self._enqueue(request, list(sentences[start : start + size]), options, alone)
