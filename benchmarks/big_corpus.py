@@ -36,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from encdec.data import read_lines
+from encdec.tokenize import Tokenizer
 
 MODEL = {  # configs/multi30k_attention.yaml's model and batches
     "model": {
@@ -60,8 +61,10 @@ def make_corpus(data_dir: Path, pairs: int, folder: Path) -> Path:
     done = folder / "made"
     if done.is_file():
         return folder
-    sources = read_lines(data_dir / "train.de.gz")
-    targets = read_lines(data_dir / "train.en.gz")
+    # spaCy's tokens joined by spaces: tokenized again, a shuffled copy gives the same tokens,
+    # so the vocabulary (and the model) stay the same at every size
+    sources = _tokenized(read_lines(data_dir / "train.de.gz"), "de")
+    targets = _tokenized(read_lines(data_dir / "train.en.gz"), "en")
     with (
         open(folder / "train.de", "w", encoding="utf-8") as src,
         open(folder / "train.en", "w", encoding="utf-8") as trg,
@@ -78,6 +81,11 @@ def make_corpus(data_dir: Path, pairs: int, folder: Path) -> Path:
             (folder / f"{split}.{lang}").write_text("".join(f"{line}\n" for line in lines))
     done.touch()
     return folder
+
+
+def _tokenized(lines: list[str], lang: str) -> list[str]:
+    tokenizer = Tokenizer("spacy", lang, lowercase=False)
+    return [" ".join(tokens) for tokens in tokenizer.words_many(lines)]
 
 
 def _shuffled(sentence: str, rng: random.Random, copy: int) -> str:

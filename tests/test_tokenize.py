@@ -4,7 +4,9 @@ import gzip
 from collections import Counter
 
 import pytest
+import spacy
 
+from encdec import data
 from encdec.errors import EncdecError
 from encdec.metrics import bleu
 from encdec.tokenize import Subwords, Tokenizer
@@ -160,3 +162,22 @@ def test_multi30k_references_survive_tokenizing_and_detokenizing(multi30k_dir, l
     round_trip = [tokenizer.detokenize(tokens) for tokens in tokenizer.tokenize_many(references)]
     # before hyphens were rejoined: en 97.81, fr 97.07 (every "t-shirt" came back "t - shirt")
     assert bleu(round_trip, references) > 99.5
+
+
+@pytest.mark.parametrize("lang", ["de", "en", "fr", "cs"])
+def test_remembered_words_tokenize_as_spacy_does_on_multi30k(lang, multi30k_dir):
+    lines = data.read_lines(multi30k_dir / f"val.{lang}.gz")
+    lines += ["", "  two  spaces ", "tab\there", "no\xa0break", "Dr. Smith's U.S.-based co."]
+    plain = spacy.blank(lang).tokenizer
+    expected = [[token.text.lower() for token in plain(line)] for line in lines]
+    tokenizer = Tokenizer("spacy", lang)
+    assert tokenizer.words_many(lines) == expected
+    assert tokenizer.words_many(lines) == expected  # again, now from what it remembered
+
+
+def test_whitespace_tokenizer_splits_at_spaces_and_joins_with_them():
+    tokenizer = Tokenizer("whitespace", "en")
+    assert tokenizer.words_many(["A  tokenized sentence ,\tsplit ."]) == [
+        ["a", "tokenized", "sentence", ",", "split", "."]
+    ]
+    assert tokenizer.detokenize(["a", "sentence", ",", "kept", "."]) == "a sentence , kept ."

@@ -34,29 +34,39 @@ _CACHE_LIMIT = 1_000_000  # words remembered per language; the cache starts agai
 
 
 class _SpacyWords:
-    """spaCy's tokens of sentences, each space-separated word tokenized once and remembered."""
+    """spaCy's tokens of sentences (lowercased if asked), each space-separated word tokenized
+    once and remembered."""
 
-    def __init__(self, lang: str):
-        self.tokenizer = _spacy_tokenizer(lang)
+    def __init__(self, lang: str, lowercase: bool):
+        self.tokenizer, self.lowercase = _spacy_tokenizer(lang), lowercase
         self.cache: dict[str, list[str]] = {}
 
     def __call__(self, sentence: str) -> list[str]:
         if not _SINGLE_SPACED.fullmatch(sentence):
-            return [token.text for token in self.tokenizer(sentence)]
-        tokens: list[str] = []
-        for word in sentence.split(" "):
-            word_tokens = self.cache.get(word)
-            if word_tokens is None:
-                if len(self.cache) >= _CACHE_LIMIT:
-                    self.cache.clear()
-                word_tokens = self.cache[word] = [t.text for t in self.tokenizer(word)]
-            tokens += word_tokens
-        return tokens
+            return self._tokens(sentence)
+        words = sentence.split(" ")
+        try:
+            return [token for word in words for token in self.cache[word]]
+        except KeyError:
+            self._remember(words)
+            return [token for word in words for token in self.cache[word]]
+
+    def _remember(self, words: list[str]) -> None:
+        if len(self.cache) + len(words) > _CACHE_LIMIT:
+            self.cache.clear()
+        for word in words:
+            if word not in self.cache:
+                self.cache[word] = self._tokens(word)
+
+    def _tokens(self, text: str) -> list[str]:
+        # lowercased after tokenizing: spaCy's exceptions ("Dr.", "U.S.") are case-sensitive
+        tokens = [token.text for token in self.tokenizer(text)]
+        return [token.lower() for token in tokens] if self.lowercase else tokens
 
 
 @cache
-def _spacy_words(lang: str) -> _SpacyWords:
-    return _SpacyWords(lang)
+def _spacy_words(lang: str, lowercase: bool) -> _SpacyWords:
+    return _SpacyWords(lang, lowercase)
 
 
 WORD_START = "\u2581"  # "▁" marks a subword that begins a word, as in SentencePiece
@@ -162,13 +172,12 @@ class Tokenizer:
 
     def words_many(self, sentences: Iterable[str]) -> list[list[str]]:
         """Words of many sentences: spaCy's, characters, or the words spaces separate."""
+        if self.kind == "spacy":
+            return list(map(_spacy_words(self.lang, self.lowercase), sentences))
         if self.kind == "char":
             token_lists = [list(sentence) for sentence in sentences]
-        elif self.kind == "whitespace":
-            token_lists = [sentence.split() for sentence in sentences]
         else:
-            token_lists = list(map(_spacy_words(self.lang), sentences))
-        # lowercased after tokenizing: spaCy's exceptions ("Dr.", "U.S.") are case-sensitive
+            token_lists = [sentence.split() for sentence in sentences]
         if self.lowercase:
             token_lists = [[token.lower() for token in tokens] for tokens in token_lists]
         return token_lists

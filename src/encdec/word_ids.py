@@ -40,14 +40,16 @@ class ChunkWords:
 def chunk_words(tokenizer: Tokenizer, sentences: list[str]) -> ChunkWords:
     """Tokenize `sentences` into words numbered in order of first sight."""
     token_lists = tokenizer.words_many(sentences)
-    numbers: dict[str, int] = {}
-    ids = [numbers.setdefault(token, len(numbers)) for tokens in token_lists for token in tokens]
+    tokens = [token for token_list in token_lists for token in token_list]
+    words = list(dict.fromkeys(tokens))  # distinct, in order of first sight
+    numbers = {word: number for number, word in enumerate(words)}
     count = len(token_lists)
     return ChunkWords(
-        list(numbers),
-        np.array(ids, dtype=np.int32),
+        words,
+        np.fromiter(map(numbers.__getitem__, tokens), dtype=np.int32, count=len(tokens)),
         np.fromiter(map(len, token_lists), dtype=np.int64, count=count),
-        np.fromiter((not any(t.strip() for t in tl) for tl in token_lists), bool, count=count),
+        # every tokenizer keeps a sentence's non-space characters in its tokens
+        np.fromiter((not sentence.strip() for sentence in sentences), dtype=bool, count=count),
     )
 
 
