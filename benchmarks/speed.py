@@ -32,7 +32,7 @@ from encdec.corpus import build_corpus  # noqa: E402
 from encdec.model import build_model  # noqa: E402
 from encdec.search import decode_examples  # noqa: E402
 from encdec.steps import EpochResult, make_optimizer, run_epoch  # noqa: E402
-from encdec.translator import Translator, quantize_int8  # noqa: E402
+from encdec.translator import Translator, hypotheses_of, quantize_int8  # noqa: E402
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
@@ -90,10 +90,11 @@ def time_reference_translation(model, examples, sos_idx, eos_idx, max_len) -> fl
 
 
 def time_encdec_translation(model, examples, vocabularies, max_len) -> float:
-    src_vocab, trg_vocab = vocabularies
+    src_vocab, _ = vocabularies
     start = time.perf_counter()
-    decoding = DecodingConfig(max_len=max_len, batch_size=128)
-    decode_examples(model, examples, trg_vocab, decoding, src_pad_idx=src_vocab.pad_idx)
+    decoding = DecodingConfig(max_len_a=0.0, max_len_b=max_len, batch_size=128)
+    for _, found in decode_examples(model, examples, decoding, src_pad_idx=src_vocab.pad_idx):
+        hypotheses_of(found.to("cpu"))  # the ids and scores as the translator reads them
     return time.perf_counter() - start
 
 

@@ -251,7 +251,8 @@ def beam_search(
     rows = batch_size * beam
     state = model.encode(src, src_lengths)
     state = state.select(torch.arange(batch_size, device=device).repeat_interleave(beam))
-    steps = int(limits.max()) + 1
+    limit_steps = set(limits.tolist())  # the steps where some sentence must end
+    steps = max(limit_steps) + 1
     sentence_limits, sentence_lengths = limits.to(device), src_lengths.to(device)
     # the live rows, by their place in the batch (rows leave as their sentences are done)
     scores = torch.full((batch_size, beam), float("-inf"), device=device)
@@ -273,11 +274,13 @@ def beam_search(
         logits, state = model.decoder(tokens, state)  # (1, n * beam, V)
         log_probs = allowed_log_probs(logits[0])  # (n * beam, V)
         n, vocab_size = scores.shape[0], log_probs.shape[-1]
-        at_limit = (sentence_limits[searching] == step).repeat_interleave(beam)  # (n * beam,)
-        wanted_more = at_limit & (log_probs.argmax(-1) != EOS_IDX)
-        only_eos = torch.full_like(log_probs, float("-inf"))
-        only_eos[:, EOS_IDX] = log_probs[:, EOS_IDX]
-        log_probs = torch.where(at_limit.unsqueeze(1), only_eos, log_probs)
+        wanted_more = torch.zeros(n * beam, dtype=torch.bool, device=device)
+        if step in limit_steps:  # known on the host: most steps skip this
+            at_limit = (sentence_limits[searching] == step).repeat_interleave(beam)  # (n * beam,)
+            wanted_more = at_limit & (log_probs.argmax(-1) != EOS_IDX)
+            only_eos = torch.full_like(log_probs, float("-inf"))
+            only_eos[:, EOS_IDX] = log_probs[:, EOS_IDX]
+            log_probs = torch.where(at_limit.unsqueeze(1), only_eos, log_probs)
         candidates = (scores.view(-1, 1) + log_probs).view(n, -1)  # (n, beam * V)
         top_scores, top = candidates.topk(2 * beam, dim=-1)  # (n, 2 * beam), best first
         first_row = torch.arange(n, device=device).unsqueeze(1) * beam  # (n, 1)
