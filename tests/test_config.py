@@ -57,7 +57,8 @@ def test_defaults_are_the_textbook_recipe():
     assert config.training.clip == 1.0
     assert config.training.teacher_forcing_ratio == 0.5
     assert config.training.seed == 1234
-    assert (config.decoding.max_len_a, config.decoding.max_len_b, config.decoding.max_len) == (1.5, 10, None)
+    decoding = config.decoding
+    assert (decoding.max_len_a, decoding.max_len_b, decoding.max_len) == (1.5, 10, None)
     assert config.decoding.temperature == 0.0
 
 
