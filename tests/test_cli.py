@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 
 from encdec import data
@@ -485,6 +486,7 @@ def test_a_mistyped_option_shows_the_usage_of_its_verb(capsys):
         (["translate", "best.pt", "--temperature", "-1"], "--temperature"),
         (["evaluate", "best.pt", "--coverage-penalty", "-1"], "--coverage-penalty"),
         (["train", "--out", "run", "--epochs", "0"], "--epochs"),
+        (["train", "--out", "run", "--max-updates", "0"], "--max-updates"),
         (["translate", "best.pt", "--batch-size", "0"], "--batch-size"),
         (["evaluate", "best.pt", "--batch-size", "-2"], "--batch-size"),
     ],
@@ -516,7 +518,7 @@ def test_a_key_the_dataset_does_not_read_is_a_one_line_error(tmp_path, multi30k_
 
 
 def test_a_stopped_run_says_how_to_go_on_once(tmp_path, monkeypatch, capsys):
-    def training_stopped_by_ctrl_c(config, out_dir, quiet=False, device="auto"):
+    def training_stopped_by_ctrl_c(config, out_dir, quiet=False, device="auto", **options):
         out_dir = Path(out_dir)
         out_dir.mkdir()
         setup_logging(out_dir, quiet, Processes())
@@ -641,3 +643,106 @@ def test_a_config_that_is_not_yaml_is_named_with_the_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert_one_line_error(err, "train", f"config file {config}:3:5: not valid YAML: ")
     assert "<unicode string>" not in err
+
+
+TINY_RUN = {
+    "data": {"dataset": "toy", "src_lang": "en", "trg_lang": "es", "min_freq": 1},
+    "model": {"embedding_dim": 8, "hidden_dim": 16, "num_layers": 1},
+    "training": {"epochs": 1, "batch_size": 16, "max_steps": 2},
+    "decoding": {"max_len": 5},
+}
+
+
+def train_argv(tmp_path: Path, run_dir: Path, raw: dict = TINY_RUN, *options: str) -> list[str]:
+    """`encdec train` of `raw` (written as a config beside the run) on the CPU, quietly."""
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    argv = ["train", "--config", str(config_path), "--device", "cpu", "--quiet"]
+    return [*argv, *options, "--out", str(run_dir)]
+
+
+def test_training_again_into_a_run_folder_is_refused_naming_both_remedies(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(train_argv(tmp_path, run_dir)) == 0
+    saved = {name: (run_dir / name).read_bytes() for name in ("last.pt", "train.log")}
+    capsys.readouterr()
+    assert main(train_argv(tmp_path, run_dir)) == 2
+    err = capsys.readouterr().err
+    assert_one_line_error(err, "train", f"run folder {run_dir} already holds a run", "last.pt")
+    assert f"encdec train --resume {run_dir}" in err and "--overwrite" in err
+    assert saved == {name: (run_dir / name).read_bytes() for name in saved}
+
+
+def test_overwrite_starts_afresh_clearing_only_the_old_runs_files(tmp_path):
+    run_dir = tmp_path / "run"
+    kept = {**TINY_RUN, "training": TINY_RUN["training"] | {"keep_checkpoints": 1}}
+    assert main(train_argv(tmp_path, run_dir, kept)) == 0
+    (run_dir / "notes.txt").write_text("mine", encoding="utf-8")
+    assert (run_dir / "epoch_001.pt").is_file()
+    assert main(train_argv(tmp_path, run_dir, TINY_RUN, "--overwrite")) == 0
+    assert not (run_dir / "epoch_001.pt").exists()
+    assert (run_dir / "notes.txt").read_text(encoding="utf-8") == "mine"
+    log_text = (run_dir / "train.log").read_text(encoding="utf-8")
+    assert log_text.count("run directory:") == 1
+    assert len((run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()) == 1
+
+
+def test_the_python_api_refuses_a_run_folder_too_unless_told_to_overwrite(tmp_path):
+    from encdec.training import train
+
+    config = from_dict(TINY_RUN)
+    train(config, tmp_path, quiet=True, device="cpu")
+    with pytest.raises(EncdecError, match=r"already holds a run .*overwrite=True"):
+        train(config, tmp_path, quiet=True, device="cpu")
+    train(config, tmp_path, quiet=True, device="cpu", overwrite=True)
+    with pytest.raises(EncdecError, match="either resumed or overwritten"):
+        train(None, tmp_path, quiet=True, device="cpu", resume=True, overwrite=True)
+
+
+def test_an_empty_existing_folder_is_not_a_run(tmp_path):
+    run_dir = tmp_path / "made beforehand"
+    run_dir.mkdir()
+    assert main(train_argv(tmp_path, run_dir)) == 0
+    assert (run_dir / "best.pt").is_file()
+
+
+def tsv_run(tmp_path: Path, train_lines: str) -> dict:
+    """TINY_RUN on TSV files whose training file holds `train_lines`."""
+    good = tmp_path / "good.tsv"
+    good.write_text("a cat\tun gato\n", encoding="utf-8")
+    bad = tmp_path / "train.tsv"
+    bad.write_text(train_lines, encoding="utf-8")
+    files = {"train_tsv": str(bad), "valid_tsv": str(good), "test_tsv": str(good)}
+    return {**TINY_RUN, "data": TINY_RUN["data"] | {"dataset": "files", **files}}
+
+
+@pytest.mark.parametrize(
+    "problem",
+    ["missing data", "a bad TSV line", "bf16 on the CPU", "cuda without CUDA", "a bad language"],
+)
+def test_a_run_that_cannot_start_leaves_no_run_folder(tmp_path, capsys, problem):
+    run_dir, raw, options = tmp_path / "run", TINY_RUN, []
+    if problem == "missing data":
+        raw = tsv_run(tmp_path, "")
+        Path(raw["data"]["train_tsv"]).unlink()
+    elif problem == "a bad TSV line":
+        raw = tsv_run(tmp_path, "a dog\tun perro\nno tab here\n")
+    elif problem == "bf16 on the CPU":
+        options = ["--set", "training.precision=bf16"]
+    elif problem == "cuda without CUDA":
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+        options = ["--device", "cuda"]
+    else:
+        options = ["--set", "data.src_lang=dx"]
+    assert main(train_argv(tmp_path, run_dir, raw, *options)) == 2
+    assert_one_line_error(capsys.readouterr().err, "train")
+    assert not run_dir.exists()
+
+
+def test_train_help_says_max_steps_is_per_epoch_and_max_updates_the_total(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "end EACH epoch after this many batches" in text
+    assert "--max-updates MAX_UPDATES override training.max_updates: stop after" in text

@@ -25,6 +25,7 @@ from encdec.cli import main
 from encdec.config import from_dict
 from encdec.errors import EncdecError
 from encdec.model import build_model, count_parameters
+from encdec.run_folder import check_free_space
 from encdec.training import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -86,7 +87,8 @@ def assert_same_run(expected_dir: Path, actual_dir: Path) -> None:
     )
     assert expected["step"] == actual["step"]
     assert_same_tensors(expected["optimizer"], actual["optimizer"], "last.pt optimizer")
-    keys = ("epoch", "train_loss", "valid_loss", "valid_bleu", "lr")
+    assert expected["updates"] == actual["updates"]
+    keys = ("epoch", "update", "train_loss", "valid_loss", "valid_bleu", "lr")
     assert [[record[key] for key in keys] for record in read_records(actual_dir)] == [
         [record[key] for key in keys] for record in read_records(expected_dir)
     ]
@@ -419,10 +421,10 @@ def test_free_space_needed_is_three_checkpoints_of_weights_and_adam_moments(tmp_
     model = build_model(from_dict(RECIPE).model, 20, 30)
     needed = 3 * count_parameters(model) * 4 * 3  # 3 checkpoints, 3 float32 tensors a weight
     free_disk_space(monkeypatch, needed)
-    training._free_space_for_checkpoints(tmp_path, model)
+    check_free_space(tmp_path, model)
     free_disk_space(monkeypatch, needed - 1)
     with pytest.raises(EncdecError, match=re.escape(str(tmp_path))):
-        training._free_space_for_checkpoints(tmp_path, model)
+        check_free_space(tmp_path, model)
 
 
 def test_save_every_steps_must_be_positive():
@@ -500,6 +502,74 @@ def test_training_draws_nothing_from_pythons_or_numpys_global_generators(tmp_pat
     seeded = states()
     train(config, tmp_path, quiet=True, device="cpu")
     assert states() == seeded
+
+
+# validation every 5 updates with the plateau schedule, a budget of 33 updates (epoch 3, step 5)
+BY_UPDATES = {
+    **RECIPE,
+    "training": {key: value for key, value in RECIPE["training"].items() if key != "warmup_steps"}
+    | {"lr_schedule": "plateau", "lr_patience": 0, "validate_every_updates": 5, "max_updates": 33},
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_by_updates(tmp_path_factory, one_torch_thread) -> Path:
+    """BY_UPDATES trained in one go."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted_by_updates")
+    train(from_dict(BY_UPDATES), run_dir, quiet=True, device="cpu")
+    return run_dir
+
+
+def crash_at_update(monkeypatch, update: int, how: str) -> None:
+    """Stop the run at `update`: a crash before or after its last.pt is written, or SIGTERM."""
+    if how == "a stop signal":
+        real_step = training._train_step
+
+        def signalled_during_the_step(run, indices, stop):
+            if run.progress.updates == update - 1:
+                stop.handle(signal.SIGTERM, None)
+            return real_step(run, indices, stop)
+
+        monkeypatch.setattr(training, "_train_step", signalled_during_the_step)
+        return
+    real_save = training.save_checkpoint
+
+    def save_then_crash(state: dict, path: Path) -> None:
+        hit = Path(path).name == "last.pt" and state["updates"] == update
+        if not (hit and how == "a crash before the save"):
+            real_save(state, path)
+        if hit:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_crash)
+
+
+@pytest.mark.parametrize(
+    "how", ["a crash before the save", "a crash after the save", "a stop signal"]
+)
+def test_a_run_stopped_at_a_validation_by_updates_resumes_to_the_uninterrupted_weights(
+    tmp_path, monkeypatch, uninterrupted_by_updates, how
+):
+    crash_at_update(monkeypatch, 20, how)  # update 20 validates, mid-way through epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        train(from_dict(BY_UPDATES), tmp_path, quiet=True, device="cpu")
+    monkeypatch.undo()
+    train(None, tmp_path, quiet=True, device="cpu", resume=True)
+    assert_same_run(uninterrupted_by_updates, tmp_path)
+    records = read_records(tmp_path)
+    assert [record["update"] for record in records] == [5, 10, 14, 15, 20, 25, 28, 30, 33]
+    assert [record["epoch_end"] for record in records] == [0, 0, 1, 0, 0, 0, 1, 0, 1]
+
+
+def test_a_run_ended_by_max_updates_is_extended_by_resuming_with_more(tmp_path):
+    train(from_dict(recipe(max_updates=20)), tmp_path, quiet=True, device="cpu")
+    last = load_checkpoint(tmp_path / "last.pt")
+    assert (last["epoch"], last["step"], last["updates"], last["finished"]) == (2, 6, 20, True)
+    extend = ["--max-updates", "30", "--device", "cpu", "--quiet"]
+    assert main(["train", "--resume", str(tmp_path), *extend]) == 0
+    assert [record["update"] for record in read_records(tmp_path)] == [14, 20, 30]
+    with pytest.raises(EncdecError, match="already made 30 updates .*give --max-updates 30"):
+        train(None, tmp_path, quiet=True, device="cpu", resume=True, max_updates=25)
 
 
 def test_resuming_removes_the_half_written_checkpoints_of_a_killed_run(tmp_path, uninterrupted):

@@ -2,11 +2,15 @@
 
 import json
 import math
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from pairs import pairs_of_examples
 from torch import nn
 from torch.nn import functional as F
@@ -320,3 +324,72 @@ def test_a_ratio_between_0_and_1_needs_coins():
         model(batch.src, batch.src_lengths, batch.trg, 0.5)
     with pytest.raises(EncdecError, match="teacher_forcing_ratio 0.5 needs a generator"):
         run_epoch(model, EXAMPLES, [[0, 1, 2]], PAD, 0.5)
+
+
+def test_max_steps_ends_each_epoch_and_max_updates_the_whole_run(tmp_path):
+    # toy epochs are 7 batches of 16
+    train(toy_config(epochs=3, max_steps=2), tmp_path / "steps", quiet=True, device="cpu")
+    assert [record["update"] for record in read_records(tmp_path / "steps")] == [2, 4, 6]
+    train(toy_config(max_steps=None, max_updates=10), tmp_path / "updates", quiet=True)
+    records = read_records(tmp_path / "updates")
+    assert [(record["epoch"], record["update"]) for record in records] == [(1, 7), (2, 10)]
+    last = load_checkpoint(tmp_path / "updates" / "last.pt")
+    assert (last["epoch"], last["step"], last["updates"], last["finished"]) == (2, 3, 10, True)
+    assert "training.max_updates 10 reached in epoch 2" in read_log(tmp_path / "updates")
+
+
+def read_log(run_dir: Path) -> str:
+    return (run_dir / "train.log").read_text(encoding="utf-8")
+
+
+def test_a_budget_that_epochs_end_first_is_warned_of(tmp_path):
+    train(toy_config(epochs=1, max_updates=10), tmp_path, quiet=True, device="cpu")
+    assert "training.max_updates 10 will not be reached: training.epochs 1 of 2 batches" in (
+        read_log(tmp_path)
+    )
+
+
+def test_validating_every_n_updates_counts_patience_and_plateau_in_validations(
+    tmp_path, monkeypatch
+):
+    # validations at updates 3, 6, 7 (epoch 1's end), 9: the loss stalls twice after update 6
+    script_validation(monkeypatch, [3.0, 2.0, 2.5, 2.2, 1.0], [0.0] * 5)
+    settings = {"max_steps": None, "validate_every_updates": 3, "patience": 2, "lr": 0.002}
+    settings |= {"lr_schedule": "plateau", "lr_patience": 0}
+    train(toy_config(**settings), tmp_path, quiet=True, device="cpu")
+    records = read_records(tmp_path)
+    assert [(record["epoch"], record["update"]) for record in records] == [
+        (1, 3),
+        (1, 6),
+        (1, 7),
+        (2, 9),
+    ]
+    assert [record["epoch_end"] for record in records] == [False, False, True, False]
+    assert [record["lr"] for record in records] == [0.002, 0.002, 0.002, 0.001]
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert (best["epoch"], best["update"]) == (1, 6)
+    assert (
+        "early stopping at update 9: valid loss has not improved for 2 validations "
+        "(best 2.000 at update 6)" in read_log(tmp_path)
+    )
+    assert load_checkpoint(tmp_path / "last.pt")["finished"]
+
+
+def test_a_progress_line_every_log_every_updates_updates(tmp_path):
+    train(toy_config(epochs=2, max_steps=None, log_every_updates=3), tmp_path, quiet=True)
+    lines = [line for line in read_log(tmp_path).splitlines() if "(epoch so far)" in line]
+    assert [line.split(" | ")[1] for line in lines] == [f"update {n}" for n in (3, 6, 9, 12)]
+
+
+def test_progress_lines_reach_a_stderr_that_is_not_a_terminal(tmp_path):
+    # as under nohup or in a batch job: no bars are drawn there, but the log lines are
+    config_path = tmp_path / "config.yaml"
+    raw = toy_config(epochs=1, max_steps=None, log_every_updates=2).to_dict()
+    config_path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    command = [sys.executable, "-m", "encdec", "train", "--config", str(config_path)]
+    command += ["--out", str(tmp_path / "run"), "--device", "cpu"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "epoch  1/1 | update 6 | train loss" in done.stderr
+    assert "epoch  1/1 | update 7 | 0m" in done.stderr  # the epoch's validation

@@ -72,6 +72,7 @@ OPTION_FIELDS = {
     "top_k": "decoding.top_k",
     "epochs": "training.epochs",
     "max_steps": "training.max_steps",
+    "max_updates": "training.max_updates",
     "min_freq": "data.min_freq",
     "batch_size": "decoding.batch_size",
 }
@@ -163,6 +164,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from encdec.training import train
 
     if args.resume:
+        if args.overwrite:
+            raise EncdecError("--overwrite starts a run afresh: give it with --out, not --resume")
         train(
             _resumed_config(args),
             args.resume,
@@ -170,23 +173,26 @@ def cmd_train(args: argparse.Namespace) -> None:
             resume=True,
             device=args.device,
             epochs=args.epochs,
+            max_updates=args.max_updates,
         )
     else:
-        train(_config_from_args(args), args.out, quiet=args.quiet, device=args.device)
+        config = _config_from_args(args)
+        options = {"quiet": args.quiet, "device": args.device, "overwrite": args.overwrite}
+        train(config, args.out, **options)
 
 
 def _resumed_config(args: argparse.Namespace):
     """None (last.pt's config) unless --config is given; training then checks that they match.
 
-    --epochs alone is allowed: it extends the run (see train's `epochs`).
+    --epochs and --max-updates alone are allowed: they extend the run (see train's `epochs`).
     """
     if args.config:
         return _config_from_args(args)
     if args.set or args.max_steps is not None or args.data_dir:
         raise EncdecError(
             "--resume goes on with the config saved in last.pt: --set, --max-steps and "
-            "--data-dir count only beside --config, which must match it (--epochs may be given "
-            "alone, to train on to that many epochs)"
+            "--data-dir count only beside --config, which must match it (--epochs and "
+            "--max-updates may be given alone, to train on to that many)"
         )
     return None
 
@@ -395,9 +401,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on a folder encdec prepare made (data.prepared); its data settings apply",
     )
     run_dir = train_parser.add_mutually_exclusive_group(required=True)
-    run_dir.add_argument("--out", help="run directory for checkpoints and logs")
+    run_dir.add_argument(
+        "--out", help="run directory for checkpoints and logs; it must not hold another run"
+    )
     run_dir.add_argument(
         "--resume", metavar="RUN_DIR", help="go on from RUN_DIR/last.pt with its saved config"
+    )
+    train_parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an --out that holds a run, deleting its checkpoints and logs",
     )
     train_parser.add_argument(
         "--epochs",
@@ -405,7 +418,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="override training.epochs; with --resume, train on until this many epochs",
     )
     train_parser.add_argument(
-        "--max-steps", type=int, help="end each epoch after this many batches (smoke tests)"
+        "--max-updates",
+        type=int,
+        help="override training.max_updates: stop after this many updates in all (or at "
+        "--epochs, if sooner); with --resume, train on until this many",
+    )
+    train_parser.add_argument(
+        "--max-steps",
+        type=int,
+        help="end EACH epoch after this many batches (smoke tests); a total budget is "
+        "--max-updates",
     )
     train_parser.add_argument(
         "--quiet", action="store_true", help="log to train.log only; no progress bars"

@@ -67,7 +67,10 @@ class TrainingConfig:
     clip: float = 1.0
     teacher_forcing_ratio: float = 0.5
     seed: int = 1234
-    max_steps: int | None = None  # end each epoch after this many batches
+    max_steps: int | None = None  # end EACH epoch after this many batches (smoke tests)
+    max_updates: int | None = None  # stop after this many updates in all, or at `epochs` if sooner
+    validate_every_updates: int | None = None  # also validate (and save) every N updates
+    log_every_updates: int | None = 100  # a progress line in train.log and on stderr
     bucket_pool: int = 100  # batches per length-sorted pool; 1 means no bucketing
     batch_tokens: int | None = None  # also cap padded source + target positions per batch
     label_smoothing: float = 0.0  # share of each target's probability spread over the vocabulary
@@ -135,6 +138,9 @@ POSITIVE = {
     ("training", "lr"),
     ("training", "clip"),
     ("training", "max_steps"),
+    ("training", "max_updates"),
+    ("training", "validate_every_updates"),
+    ("training", "log_every_updates"),
     ("training", "bucket_pool"),
     ("training", "batch_tokens"),
     ("training", "lr_decay_factor"),

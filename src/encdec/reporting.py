@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from encdec.config import TrainingConfig
 from encdec.corpus import Corpus
 from encdec.distributed import Processes
 from encdec.model import Seq2Seq, count_parameters
@@ -67,10 +68,26 @@ def describe(corpus: Corpus, model: Seq2Seq) -> None:
     log.info("model parameters: %s", f"{count_parameters(model):,}")
 
 
-def format_epoch(record: dict, epochs: int) -> str:
+def _position(line: dict, settings: TrainingConfig) -> str:
+    """'epoch  2/10 | update 300/5000': where a run stands, out of how far it goes."""
+    budget = f"/{settings.max_updates}" if settings.max_updates else ""
+    return f"epoch {line['epoch']:2d}/{settings.epochs} | update {line['update']}{budget}"
+
+
+def format_updates(line: dict, settings: TrainingConfig) -> str:
+    """The line logged every training.log_every_updates updates."""
+    return (
+        f"{_position(line, settings)} | train loss {line['train_loss']:.3f} "
+        f"ppl {line['train_ppl']:8.2f} (epoch so far) | lr {line['lr']:.2e} | "
+        f"{line['train_tokens_per_s']:,.0f} tok/s"
+    )
+
+
+def format_validation(record: dict, settings: TrainingConfig) -> str:
+    """A validation's line: at an epoch's end, or between them (validate_every_updates)."""
     minutes, seconds = divmod(int(record["epoch_seconds"]), 60)
     return (
-        f"epoch {record['epoch']:2d}/{epochs} | {minutes}m {seconds:02d}s | "
+        f"{_position(record, settings)} | {minutes}m {seconds:02d}s | "
         f"train loss {record['train_loss']:.3f} ppl {record['train_ppl']:8.2f} | "
         f"valid (teacher forcing off) loss {record['valid_loss']:.3f} "
         f"ppl {record['valid_ppl']:8.2f} | "
@@ -80,14 +97,14 @@ def format_epoch(record: dict, epochs: int) -> str:
     )
 
 
-def log_record(record: dict, epochs: int, metrics_path: Path) -> None:
-    """The epoch's line in train.log and its JSON line in metrics.jsonl."""
-    log.info(format_epoch(record, epochs))
+def log_record(record: dict, settings: TrainingConfig, metrics_path: Path) -> None:
+    """A validation's line in train.log and its JSON line in metrics.jsonl."""
+    log.info(format_validation(record, settings))
     with metrics_path.open("a", encoding="utf-8") as file:
         file.write(json.dumps(record) + "\n")
 
 
-# TensorBoard tag -> metrics.jsonl key, written once per epoch
+# TensorBoard tag -> metrics.jsonl key, written at each validation
 TENSORBOARD_SCALARS = {
     "train/loss": "train_loss",
     "train/ppl": "train_ppl",
@@ -100,20 +117,20 @@ TENSORBOARD_SCALARS = {
 }
 
 
-def tensorboard_writer(log_dir: Path, first_epoch: int) -> SummaryWriter | None:
+def tensorboard_writer(log_dir: Path, first_step: int) -> SummaryWriter | None:
     """A SummaryWriter into `log_dir` when tensorboard is installed, else None.
 
-    Events from `first_epoch` on left by an earlier (interrupted) run are hidden: they are redone.
+    Events from `first_step` on left by an earlier (interrupted) run are hidden: they are redone.
     """
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(log_dir), purge_step=first_epoch)
+    return SummaryWriter(str(log_dir), purge_step=first_step)
 
 
-def write_scalars(board: SummaryWriter, record: dict) -> None:
-    """The epoch's losses, perplexities, BLEU, chrF and lr, at step = epoch; flushed at once."""
+def write_scalars(board: SummaryWriter, record: dict, step: int) -> None:
+    """A validation's losses, perplexities, BLEU, chrF and lr at `step`; flushed at once."""
     for tag, key in TENSORBOARD_SCALARS.items():
-        board.add_scalar(tag, record[key], global_step=record["epoch"])
+        board.add_scalar(tag, record[key], global_step=step)
     board.flush()

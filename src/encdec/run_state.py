@@ -42,25 +42,27 @@ class Selection:
     metric: str  # "loss" (lower is better) or "bleu" (higher is better)
     best: float | None = None
     best_epoch: int = 0
-    stalled_epochs: int = 0  # epochs in a row without improvement
+    best_update: int = 0
+    stalled_validations: int = 0  # validations in a row without improvement
 
     @property
     def key(self) -> str:
         return f"valid_{self.metric}"
 
     def observe(self, record: dict) -> bool:
-        """Take in one epoch's record; True when it is the new best."""
+        """Take in one validation's record; True when it is the new best."""
         value = record[self.key]
         higher_is_better = self.metric == "bleu"
         if self.best is None or (value > self.best if higher_is_better else value < self.best):
-            self.best, self.best_epoch, self.stalled_epochs = value, record["epoch"], 0
+            self.best, self.best_epoch, self.stalled_validations = value, record["epoch"], 0
+            self.best_update = record["update"]
             return True
-        self.stalled_epochs += 1
+        self.stalled_validations += 1
         return False
 
     def out_of_patience(self, patience: int | None) -> bool:
-        """Whether `patience` epochs have passed without improvement (None: never)."""
-        return patience is not None and self.stalled_epochs >= patience
+        """Whether `patience` validations have passed without improvement (None: never)."""
+        return patience is not None and self.stalled_validations >= patience
 
 
 @dataclass
@@ -75,7 +77,14 @@ class Progress:
     epoch_seconds: float = 0.0
     train_seconds_total: float = 0.0  # of the epochs before this one
     validated: bool = True  # the epoch's end (validation, best.pt, plateau) is done
-    finished: bool = False  # no epoch is left: the last one is done or early stopping struck
+    finished: bool = False  # nothing is left: epochs or max_updates reached, or early stopping
+    updates: int = 0  # optimizer updates of the whole run, every epoch's
+    validated_update: int = 0  # `updates` at the last validation; metrics.jsonl holds it
+
+    @property
+    def at_validation(self) -> bool:
+        """Whether the run stands where it was last validated (so it may stop here)."""
+        return self.validated or self.validated_update == self.updates
 
     @property
     def epochs_done(self) -> int:
@@ -92,7 +101,7 @@ class Run:
     model: Seq2Seq
     optimizer: torch.optim.Optimizer
     per_batch: LRScheduler | None  # warmup_decay, else None
-    per_epoch: ReduceLROnPlateau | None  # plateau, else None
+    per_validation: ReduceLROnPlateau | None  # plateau (steps at each validation), else None
     selection: Selection
     data_order: random.Random  # draws each epoch's batch order
     teacher_forcing: torch.Generator  # draws the teacher-forcing coins, the same on every process
@@ -116,7 +125,7 @@ def resume_state(run: Run) -> dict:
         run.config,
         optimizer=run.optimizer.state_dict(),
         per_batch_scheduler=None if run.per_batch is None else run.per_batch.state_dict(),
-        per_epoch_scheduler=None if run.per_epoch is None else run.per_epoch.state_dict(),
+        per_epoch_scheduler=None if run.per_validation is None else run.per_validation.state_dict(),
         rng_by_rank=by_rank,
         teacher_forcing_coins=run.teacher_forcing.get_state(),
         scaler=None if run.scaler is None else run.scaler.state_dict(),
@@ -154,11 +163,11 @@ def load_last(out_dir: Path) -> dict:
 
 
 # the settings that only say when training stops: a resumed run may change them to go on longer
-STOPPING_KEYS = (("training", "epochs"), ("training", "patience"))
+STOPPING_KEYS = (("training", "epochs"), ("training", "max_updates"), ("training", "patience"))
 
 
-def resume_config(stored: Config, given: Config | None, epochs: int | None) -> Config:
-    """The config last.pt was trained with, to train on until `epochs` if that is given.
+def resume_config(stored: Config, given: Config | None, **stopping: int | None) -> Config:
+    """The config last.pt was trained with, to train on until `epochs` or `max_updates` if given.
 
     A given config must match the stored one but for data.data_dir and the STOPPING_KEYS.
     """
@@ -173,17 +182,18 @@ def resume_config(stored: Config, given: Config | None, epochs: int | None) -> C
         ]
         if differences:
             raise EncdecError(
-                "a resumed run keeps the config it started with (but for training.epochs and "
-                "training.patience); these differ: " + "; ".join(differences)
+                "a resumed run keeps the config it started with (but for training.epochs, "
+                "training.max_updates and training.patience); these differ: "
+                + "; ".join(differences)
             )
     config = given or stored
-    if epochs is None:
-        return config
-    return dataclasses.replace(config, training=dataclasses.replace(config.training, epochs=epochs))
+    extended = {key: value for key, value in stopping.items() if value is not None}
+    return dataclasses.replace(config, training=dataclasses.replace(config.training, **extended))
 
 
 def reconsider_finishing(run: Run) -> None:
-    """After an epoch's end, decide again whether the run is over: its stopping keys may differ."""
+    """Where last.pt was validated, decide again whether the run is over: its stopping keys may
+    differ. Fewer epochs or updates than it has begun or done are refused."""
     progress, settings, selection = run.progress, run.config.training, run.selection
     if progress.epoch > settings.epochs:  # an epoch begun cannot be undone, only finished
         where = (
@@ -195,11 +205,24 @@ def reconsider_finishing(run: Run) -> None:
             f"cannot resume with training.epochs {settings.epochs}: last.pt {where} in "
             f"{run.out_dir}; give --epochs {progress.epoch} or more"
         )
-    if not progress.validated:
+    if settings.max_updates is not None and progress.updates > settings.max_updates:
+        raise EncdecError(
+            f"cannot resume with training.max_updates {settings.max_updates}: last.pt has "
+            f"already made {progress.updates} updates in {run.out_dir}; give --max-updates "
+            f"{progress.updates} or more"
+        )
+    if not progress.at_validation:
         return
-    progress.finished = progress.epochs_done == settings.epochs or selection.out_of_patience(
-        settings.patience
+    progress.finished = (
+        (progress.validated and progress.epochs_done == settings.epochs)
+        or updates_spent(progress, settings.max_updates)
+        or selection.out_of_patience(settings.patience)
     )
+
+
+def updates_spent(progress: Progress, max_updates: int | None) -> bool:
+    """Whether the run has made its `training.max_updates` updates (None: no such budget)."""
+    return max_updates is not None and progress.updates >= max_updates
 
 
 def restore(run: Run, state: dict) -> None:
@@ -211,15 +234,32 @@ def restore(run: Run, state: dict) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     if run.per_batch is not None:
         run.per_batch.load_state_dict(state["per_batch_scheduler"])
-    if run.per_epoch is not None:
-        run.per_epoch.load_state_dict(state["per_epoch_scheduler"])
+    if run.per_validation is not None:
+        run.per_validation.load_state_dict(state["per_epoch_scheduler"])
     if run.scaler is not None and state.get("scaler") is not None:
         run.scaler.load_state_dict(state["scaler"])
-    run.selection = Selection(**state["selection"])
-    run.progress = Progress(**{key.name: state[key.name] for key in dataclasses.fields(Progress)})
-    run.progress.batches = _batches_loaded(state["batches"])
+    run.selection = _selection_loaded(state["selection"])
+    run.progress = _progress_loaded(state)
     _restore_rng(run, state)
     _restore_coins(run, state)
+
+
+def _selection_loaded(saved: dict) -> Selection:
+    """The Selection last.pt holds; one from before validations by updates counted epochs."""
+    saved = dict(saved)
+    if "stalled_epochs" in saved:
+        saved["stalled_validations"] = saved.pop("stalled_epochs")
+    return Selection(**saved)
+
+
+def _progress_loaded(state: dict) -> Progress:
+    """The Progress last.pt holds; one from before update counting gets its updates from Adam."""
+    saved = {key.name: state[key.name] for key in dataclasses.fields(Progress) if key.name in state}
+    if "updates" not in saved:
+        adam_steps = [int(param["step"]) for param in state["optimizer"]["state"].values()]
+        saved["updates"] = max(adam_steps, default=0)
+        saved["validated_update"] = saved["updates"] if saved["validated"] else 0
+    return Progress(**saved | {"batches": _batches_loaded(state["batches"])})
 
 
 def _restore_rng(run: Run, state: dict) -> None:
@@ -249,20 +289,23 @@ def _restore_coins(run: Run, state: dict) -> None:
         )
 
 
-def _epoch_of(line: str) -> int | None:
-    """The epoch of one metrics.jsonl line; None for a line cut short by a crash."""
+def _is_kept(line: str, progress: Progress) -> bool:
+    """Whether a metrics.jsonl line tells of a validation last.pt includes; not one cut short."""
     try:
-        return json.loads(line)["epoch"]
+        record = json.loads(line)
+        if "update" in record:
+            return record["update"] <= progress.validated_update
+        return record["epoch"] <= progress.epochs_done  # a line from before update counting
     except (json.JSONDecodeError, KeyError, TypeError):
-        return None
+        return False
 
 
-def keep_records_through(metrics_path: Path, last_epoch: int) -> None:
-    """Drop metrics.jsonl lines after `last_epoch`: the resumed run writes those epochs again."""
+def keep_records_through(metrics_path: Path, progress: Progress) -> None:
+    """Drop metrics.jsonl lines of validations after last.pt's: the resumed run does them again."""
     if not metrics_path.is_file():
         return
     lines = metrics_path.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = [line for line in lines if (epoch := _epoch_of(line)) and epoch <= last_epoch]
+    kept = [line for line in lines if _is_kept(line, progress)]
     if kept != lines:
         with atomic_file(metrics_path) as file:
             file.write("".join(kept).encode("utf-8"))

@@ -1,5 +1,8 @@
 """Training: the epoch loop, validation with and without teacher forcing, best.pt, early stopping.
 
+Runs count epochs and updates (optimizer steps): training.max_updates ends a run mid-epoch,
+validate_every_updates validates between epoch ends too, log_every_updates logs progress.
+
 A run survives being stopped: last.pt holds everything it needs to go on bit for bit
 (`train(..., resume=True)`, see run_state.py), SIGINT and SIGTERM save it first
 (stop_signals.py), and a non-finite loss stops before the weights are spoilt (steps.py).
@@ -12,8 +15,6 @@ import dataclasses
 import logging
 import os
 import random
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -41,15 +42,23 @@ from encdec.distributed import (
 )
 from encdec.errors import EncdecError
 from encdec.metrics import perplexity
-from encdec.model import Seq2Seq, build_model, count_parameters
+from encdec.model import Seq2Seq, build_model
 from encdec.prepared import with_prepared_settings
 from encdec.progress import progress_bar, silence_bars
 from encdec.reporting import (
     describe,
+    format_updates,
     log_record,
     logging_for_run,
     tensorboard_writer,
     write_scalars,
+)
+from encdec.run_folder import (
+    check_free_space,
+    check_it_can_be_made,
+    clear_run,
+    make_writable,
+    refuse_an_existing_run,
 )
 from encdec.run_state import (
     Progress,
@@ -61,6 +70,7 @@ from encdec.run_state import (
     restore,
     resume_config,
     resume_state,
+    updates_spent,
 )
 from encdec.steps import (
     NonFiniteLoss,
@@ -101,18 +111,24 @@ def evaluate_split(model: Seq2Seq, corpus: Corpus, split: str, config: Config) -
     }
 
 
-def _stops_early(selection: Selection, patience: int | None, epoch: int) -> bool:
-    """Whether `patience` epochs have passed without improvement; logs the stop."""
-    if not selection.out_of_patience(patience):
+def _stops_early(run: Run) -> bool:
+    """Whether `patience` validations have passed without improvement; logs the stop."""
+    selection, progress = run.selection, run.progress
+    if not selection.out_of_patience(run.config.training.patience):
         return False
+    if run.config.training.validate_every_updates:
+        where, best_at = f"at update {progress.updates}", f"update {selection.best_update}"
+        stalled = f"{selection.stalled_validations} validations"
+    else:  # each validation is an epoch's end
+        where, best_at = f"after epoch {progress.epoch}", f"epoch {selection.best_epoch}"
+        stalled = f"{selection.stalled_validations} epochs"
     log.info(
-        "early stopping after epoch %d: valid %s has not improved for %d epochs "
-        "(best %.3f at epoch %d)",
-        epoch,
+        "early stopping %s: valid %s has not improved for %s (best %.3f at %s)",
+        where,
         selection.metric,
-        selection.stalled_epochs,
+        stalled,
         selection.best,
-        selection.best_epoch,
+        best_at,
     )
     return True
 
@@ -138,6 +154,7 @@ def _test_checkpoint(run: Run, path: Path) -> dict:
 
 
 def _check_precision(precision: str, device: torch.device) -> None:
+    """Refuse mixed precision off a CUDA GPU, before anything is built or made."""
     if precision != "fp32" and device.type != "cuda":
         raise EncdecError(
             f"training.precision {precision} is mixed precision for CUDA GPUs; "
@@ -179,14 +196,16 @@ def _parallel(model: Seq2Seq, processes: Processes) -> nn.Module:
 
 
 def _build_run(config: Config, out_dir: Path, processes: Processes) -> Run:
-    """A fresh run of `config`: seeded, with corpus, model, optimizer and schedules."""
+    """A fresh run of `config`: seeded, with corpus, model, optimizer and schedules.
+
+    It makes nothing in `out_dir`: data that cannot be read fails here, before the folder exists.
+    """
     settings = config.training
     _check_precision(settings.precision, processes.device)
     seed_everything(settings.seed)
     corpus = build_corpus(config.data)
     model = build_model(config.model, len(corpus.src_vocab), len(corpus.trg_vocab))
     model.to(processes.device)
-    describe(corpus, model)
     if processes.rank:  # same initial weights everywhere, but each process its own dropout
         torch.manual_seed(settings.seed + processes.rank)
     if settings.compile:
@@ -199,7 +218,7 @@ def _build_run(config: Config, out_dir: Path, processes: Processes) -> Run:
         model=model,
         optimizer=optimizer,
         per_batch=batch_scheduler(optimizer, settings),
-        per_epoch=epoch_scheduler(optimizer, settings),
+        per_validation=epoch_scheduler(optimizer, settings),
         selection=Selection(settings.select_by),
         data_order=random.Random(settings.seed),
         teacher_forcing=torch.Generator().manual_seed(settings.seed),
@@ -218,7 +237,8 @@ def _reporting(run: Run) -> Iterator[tqdm]:
     """While training: a bar over epochs, and TensorBoard's writer open."""
     done = run.progress.epochs_done
     if run.processes.is_main:
-        run.board = tensorboard_writer(run.out_dir / "tensorboard", first_epoch=done + 1)
+        first_step = _board_step(run, done + 1, run.progress.validated_update + 1)
+        run.board = tensorboard_writer(run.out_dir / "tensorboard", first_step=first_step)
     total = run.config.training.epochs
     epoch_bar = progress_bar(total=total, initial=done, desc="epochs", unit="epoch")
     try:
@@ -229,36 +249,34 @@ def _reporting(run: Run) -> Iterator[tqdm]:
             run.board.close()
 
 
-def _new_run(config: Config, out_dir: Path, processes: Processes) -> Run:
-    """Start a run in `out_dir`: its config.yaml written, any old metrics.jsonl removed."""
-    run = _build_run(config, out_dir, processes)
-    if processes.is_main:
-        (out_dir / "config.yaml").write_text(
-            yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8"
+def _board_step(run: Run, epoch: int, update: int) -> int:
+    """TensorBoard's step: the update count when validating by updates, else the epoch."""
+    return update if run.config.training.validate_every_updates else epoch
+
+
+def _start_new(run: Run) -> None:
+    """Start a run in its folder: its config.yaml written."""
+    if run.processes.is_main:
+        (run.out_dir / "config.yaml").write_text(
+            yaml.safe_dump(run.config.to_dict(), sort_keys=False), encoding="utf-8"
         )
-        (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-    return run
 
 
-def _resumed_run(
-    state: dict, config: Config | None, epochs: int | None, out_dir: Path, processes: Processes
-) -> Run:
-    """Rebuild the run last.pt describes; metrics.jsonl forgets the epochs it will redo."""
-    stored = from_dict(state["config"])
-    run = _build_run(resume_config(stored, config, epochs), out_dir, processes)
+def _go_on_from(run: Run, state: dict) -> None:
+    """Put the run back where last.pt has it; metrics.jsonl forgets the validations it redoes."""
     restore(run, state)
     reconsider_finishing(run)
     progress = run.progress
-    if processes.is_main:
-        keep_records_through(out_dir / "metrics.jsonl", progress.epochs_done)
+    if run.processes.is_main:
+        keep_records_through(run.out_dir / "metrics.jsonl", progress)
     log.info(
-        "resuming from last.pt: epoch %d, step %d of %d%s",
+        "resuming from last.pt: epoch %d, step %d of %d, update %d%s",
         progress.epoch,
         progress.step,
         len(progress.batches),
+        progress.updates,
         " (validated)" if progress.validated else "",
     )
-    return run
 
 
 def _begin_epoch(run: Run) -> None:
@@ -274,12 +292,29 @@ def _begin_epoch(run: Run) -> None:
     if epoch == 1:
         padding = padding_fraction(pairs, batches)
         log.info("batches per epoch: %d, padding %.1f%%", len(batches), 100 * padding)
+        _warn_of_an_unreachable_budget(settings, len(batches[: settings.max_steps]))
     run.progress = Progress(
         epoch=epoch,
         batches=batches[: settings.max_steps],
         train_seconds_total=run.progress.train_seconds_total,
         validated=False,
+        updates=run.progress.updates,
+        validated_update=run.progress.validated_update,
     )
+
+
+def _warn_of_an_unreachable_budget(settings, batches_per_epoch: int) -> None:
+    """training.epochs ends a run before training.max_updates when it comes first: say so."""
+    most = settings.epochs * batches_per_epoch
+    if settings.max_updates is not None and most < settings.max_updates:
+        log.warning(
+            "training.max_updates %d will not be reached: training.epochs %d of %d batches "
+            "are %d updates; raise training.epochs to train for the whole budget",
+            settings.max_updates,
+            settings.epochs,
+            batches_per_epoch,
+            most,
+        )
 
 
 def _train_step(run: Run, indices: np.ndarray, stop: StopSignals) -> bool:
@@ -328,11 +363,16 @@ def _train_step(run: Run, indices: np.ndarray, stop: StopSignals) -> bool:
 
 
 def _train_epoch(run: Run, stop: StopSignals) -> None:
-    """Train on the epoch's batches not yet done; last.pt every `save_every_steps` and on a stop."""
+    """Train on the epoch's batches not yet done, until they or training.max_updates run out.
+
+    Validates every `validate_every_updates` and logs every `log_every_updates` updates; writes
+    last.pt every `save_every_steps` batches, at each validation and on a stop.
+    """
     if run.progress.validated:
         _begin_epoch(run)
-    progress, every = run.progress, run.config.training.save_every_steps
+    progress, settings = run.progress, run.config.training
     run.trainable.train()
+    _validate_if_due(run, stop)  # one that last.pt was saved just before, by a stop signal
     remaining = progress.batches[progress.step :]
     bar = progress_bar(
         remaining,
@@ -342,15 +382,61 @@ def _train_epoch(run: Run, stop: StopSignals) -> None:
         leave=False,
     )
     for indices in bar:
+        if progress.finished or updates_spent(progress, settings.max_updates):
+            break
         stopping = _train_step(run, indices, stop)
+        progress.updates += 1
         bar.set_postfix(
             loss=f"{progress.epoch_loss_sum / progress.epoch_tokens:.3f}",
             tok_s=f"{progress.epoch_tokens / progress.epoch_seconds:.0f}",
         )
-        if stopping or (every and progress.step % every == 0):
-            _save(resume_state(run), run, "last.pt")
         if stopping:
+            _save(resume_state(run), run, "last.pt")
             stop.raise_stopped(run)
+        _log_if_due(run)
+        validated = _validate_if_due(run, stop)
+        every = settings.save_every_steps
+        if not validated and every and progress.step % every == 0:
+            _save(resume_state(run), run, "last.pt")
+
+
+def _log_if_due(run: Run) -> None:
+    """Every `log_every_updates` updates, a line in train.log and on stderr (a terminal or not)."""
+    progress, settings = run.progress, run.config.training
+    every = settings.log_every_updates
+    if not every or progress.updates % every:
+        return
+    train_loss = progress.epoch_loss_sum / progress.epoch_tokens
+    line = {
+        "epoch": progress.epoch,
+        "update": progress.updates,
+        "train_loss": train_loss,
+        "train_ppl": perplexity(train_loss),
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "train_tokens_per_s": progress.epoch_tokens / progress.epoch_seconds,
+    }
+    log.info(format_updates(line, settings))
+
+
+def _validate_if_due(run: Run, stop: StopSignals) -> bool:
+    """Validate between epoch ends when `validate_every_updates` says so; whether it did."""
+    progress, every = run.progress, run.config.training.validate_every_updates
+    due = every and progress.updates % every == 0 and progress.validated_update < progress.updates
+    if not due or _epoch_ends_here(run):  # the epoch's end validates then
+        return False
+    _validate(run)
+    progress.finished = _stops_early(run)
+    _save(resume_state(run), run, "last.pt")
+    if stop.requested(run.processes):
+        stop.raise_stopped(run)
+    return True
+
+
+def _epoch_ends_here(run: Run) -> bool:
+    """Whether the epoch ends where the run stands: its batches or training.max_updates ran out."""
+    progress = run.progress
+    done = progress.step == len(progress.batches)
+    return done or updates_spent(progress, run.config.training.max_updates)
 
 
 def _save(state: dict, run: Run, name: str) -> None:
@@ -359,44 +445,62 @@ def _save(state: dict, run: Run, name: str) -> None:
         save_checkpoint(state, run.out_dir / name)
 
 
-def _epoch_record(run: Run) -> dict:
-    """The finished epoch's line of metrics.jsonl: training loss, validation scores, lr, time."""
+def _validation_record(run: Run) -> dict:
+    """A validation's line of metrics.jsonl: training loss of the epoch so far, validation
+    scores, lr, time; `update` counts the run's updates and `epoch_end` says where it stands."""
     progress = run.progress
     train_loss = progress.epoch_loss_sum / progress.epoch_tokens
     return {
         "epoch": progress.epoch,
+        "update": progress.updates,
+        "epoch_end": _epoch_ends_here(run),
         "train_loss": train_loss,
         "train_ppl": perplexity(train_loss),
         **evaluate_split(run.model, run.corpus, "valid", run.config),
-        "lr": run.optimizer.param_groups[0]["lr"],  # after the epoch's updates
+        "lr": run.optimizer.param_groups[0]["lr"],  # after the epoch's updates so far
         "epoch_seconds": progress.epoch_seconds,
-        "train_seconds_total": progress.train_seconds_total,
+        "train_seconds_total": progress.train_seconds_total + progress.epoch_seconds,
         "train_tokens_per_s": progress.epoch_tokens / progress.epoch_seconds,
     }
 
 
-def _end_epoch(run: Run, stop: StopSignals) -> None:
-    """Validate, log, keep best.pt, step the plateau schedule, decide to stop; save last.pt."""
-    progress, settings, selection = run.progress, run.config.training, run.selection
-    progress.train_seconds_total += progress.epoch_seconds
-    record = run_on_main(partial(_epoch_record, run), run.processes)  # validation, once
+def _validate(run: Run) -> None:
+    """Validate, log and record it, keep best.pt if it is the best, step the plateau schedule."""
+    progress, selection = run.progress, run.selection
+    record = run_on_main(partial(_validation_record, run), run.processes)  # validation, once
+    run.trainable.train()  # evaluation switched dropout off; the epoch may go on after this
     if run.processes.distributed:
-        when = f"after epoch {progress.epoch}"
+        when = f"after update {progress.updates}"
         record["parameters_sha256"] = check_replicas_agree(run.model, run.processes, when)
     if run.processes.is_main:
-        log_record(record, settings.epochs, run.out_dir / "metrics.jsonl")
+        log_record(record, run.config.training, run.out_dir / "metrics.jsonl")
     if run.board is not None:
-        write_scalars(run.board, record)
+        write_scalars(run.board, record, _board_step(run, progress.epoch, progress.updates))
     is_best = selection.observe(record)
-    if run.per_epoch is not None:
-        run.per_epoch.step(record[selection.key])
-    progress.validated = True
-    progress.finished = progress.epoch >= settings.epochs or _stops_early(
-        selection, settings.patience, progress.epoch
-    )
-    if is_best:  # best.pt before last.pt: a crash between them redoes this epoch's end
-        best = {"epoch": progress.epoch, selection.key: selection.best}
+    if run.per_validation is not None:
+        run.per_validation.step(record[selection.key])
+    progress.validated_update = progress.updates
+    if is_best:  # best.pt before last.pt: a crash between them redoes this validation
+        best = {"epoch": progress.epoch, "update": progress.updates, selection.key: selection.best}
         _save(checkpoint_state(run.model, run.corpus, run.config, **best), run, "best.pt")
+
+
+def _end_epoch(run: Run, stop: StopSignals) -> None:
+    """Validate, keep best.pt, step the plateau schedule, decide to stop; save last.pt.
+
+    An epoch ends when its batches or training.max_updates run out.
+    """
+    progress, settings = run.progress, run.config.training
+    _validate(run)
+    progress.train_seconds_total += progress.epoch_seconds
+    progress.validated = True
+    if updates_spent(progress, settings.max_updates):
+        log.info("training.max_updates %d reached in epoch %d", progress.updates, progress.epoch)
+    progress.finished = (
+        progress.epoch >= settings.epochs
+        or updates_spent(progress, settings.max_updates)
+        or _stops_early(run)
+    )
     if settings.keep_checkpoints:
         _keep_epoch_weights(run, settings.keep_checkpoints)
     _save(resume_state(run), run, "last.pt")
@@ -414,26 +518,30 @@ def _keep_epoch_weights(run: Run, keep: int) -> None:
             old.unlink()
 
 
-def _writable_run_dir(out_dir: Path) -> None:
-    """Create `out_dir` and prove a file can be written there, before any time is spent."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
-    except OSError as error:
-        raise EncdecError(f"run directory {out_dir} cannot be written: {error}") from None
+def _check_arguments(config: Config | None, out_dir, resume: bool, overwrite: bool) -> None:
+    """train()'s arguments that go together, or not at all."""
+    if out_dir is None and resume:
+        raise EncdecError("resuming needs the run directory to go on from")
+    if config is None and not resume:
+        raise EncdecError("train needs a config, unless it resumes a run")
+    if resume and overwrite:
+        raise EncdecError("a run is either resumed or overwritten, not both")
 
 
-def _free_space_for_checkpoints(out_dir: Path, model: Seq2Seq) -> None:
-    """Refuse to start unless out_dir has room for ~3 checkpoints (last, best, a temporary)."""
-    # A checkpoint holds float32 weights and Adam's two moments: 3 x 4 bytes per parameter.
-    needed = 3 * count_parameters(model) * 4 * 3
-    free = shutil.disk_usage(out_dir).free
-    if free < needed:
-        raise EncdecError(
-            f"run directory {out_dir} has {free / 1e6:,.1f} MB free but its checkpoints need "
-            f"about {needed / 1e6:,.1f} MB; free some space or train into another --out"
-        )
+def _prepare_folder(out_dir: Path, resume: bool, overwrite: bool, processes: Processes) -> None:
+    """Before the run is built: last.pt to resume from, or a folder free of any other run."""
+    if not resume:
+        run_on_main(partial(refuse_an_existing_run, out_dir, overwrite), processes)
+    run_on_main(partial(check_it_can_be_made, out_dir), processes)
+
+
+def _make_folder(run: Run, overwrite: bool) -> None:
+    """Once the run can start: room for its checkpoints, an old run cleared, the folder made."""
+    out_dir, processes = run.out_dir, run.processes
+    run_on_main(partial(check_free_space, out_dir, run.model), processes)
+    if overwrite:
+        run_on_main(partial(clear_run, out_dir), processes)
+    run_on_main(partial(make_writable, out_dir), processes)
 
 
 def train(
@@ -443,28 +551,34 @@ def train(
     resume: bool = False,
     device: str = "auto",
     epochs: int | None = None,
+    overwrite: bool = False,
+    max_updates: int | None = None,
 ) -> dict:
     """Train the model `config` describes, or with `resume` go on from out_dir/last.pt.
 
     Writes last.pt, best.pt, metrics.jsonl, train.log (and tensorboard/, if it is installed)
-    into `out_dir` (default: a new runs/YYYYmmdd-HHMMSS); `quiet` keeps logs and progress bars
-    off stderr. `device` is auto, cpu, cuda or cuda:N. `epochs`, with `resume`, trains on until
-    that many epochs, so a finished run can be extended. Under torchrun every process calls this;
-    they train one model together. Returns the best model's test scores.
+    into `out_dir` (default: a new runs/YYYYmmdd-HHMMSS), which must not hold another run unless
+    `overwrite` deletes it; nothing is made there until the run can start. `quiet` keeps logs and
+    progress bars off stderr. `device` is auto, cpu, cuda or cuda:N. `epochs` and `max_updates`,
+    with `resume`, train on until that many, so a finished run can be extended. Under torchrun
+    every process calls this; they train one model together. Returns the best model's test scores.
     """
-    if out_dir is None and resume:
-        raise EncdecError("resuming needs the run directory to go on from")
-    if config is None and not resume:
-        raise EncdecError("train needs a config, unless it resumes a run")
+    _check_arguments(config, out_dir, resume, overwrite)
     if not resume:  # the whole config, before the run directory or its log is made
         config = dataclasses.replace(config, data=with_prepared_settings(config.data))
         check_every_key_counts(config)
         check_data_config(config.data)
     with job(device) as processes, contextlib.ExitStack() as closing:
+        closing.enter_context(silence_bars(quiet or not processes.is_main))  # preparing's too
         default_dir = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
         out_dir = Path(out_dir or from_main(default_dir, processes))
+        _prepare_folder(out_dir, resume, overwrite, processes)
         state = run_on_main(partial(load_last, out_dir), processes) if resume else None
-        run_on_main(partial(_writable_run_dir, out_dir), processes)
+        if state is not None:
+            stored = from_dict(state["config"])
+            config = resume_config(stored, config, epochs=epochs, max_updates=max_updates)
+        run = _build_run(config, out_dir, processes)
+        _make_folder(run, overwrite)
         closing.enter_context(logging_for_run(out_dir, quiet, processes))
         log.info("run directory: %s", out_dir)
         if processes.distributed:
@@ -474,17 +588,18 @@ def train(
                 torch.distributed.get_backend(),
                 processes.device.type,
             )
+        describe(run.corpus, run.model)
         if state is None:
-            run = _new_run(config, out_dir, processes)
+            _start_new(run)
         else:
-            run = _resumed_run(state, config, epochs, out_dir, processes)
+            _go_on_from(run, state)
         del state  # the saved tensors now live in the run
-        run_on_main(partial(_free_space_for_checkpoints, out_dir, run.model), processes)
         deterministic = deterministic_kernels(run.config.training.deterministic)
-        with deterministic, silence_bars(quiet or not processes.is_main):
+        with deterministic:
             with catching_stop_signals() as stop, _reporting(run) as epoch_bar:
                 while not run.progress.finished:
                     _train_epoch(run, stop)
-                    _end_epoch(run, stop)
+                    if not run.progress.finished:  # early stopping may strike between epoch ends
+                        _end_epoch(run, stop)
                     epoch_bar.update()
             return _test_best(run)
