@@ -13,13 +13,14 @@ else running.
 from __future__ import annotations
 
 import argparse
-import random
+import re
 import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,12 +28,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reference  # noqa: E402
 
 from encdec.batching import bucket_batches, collate  # noqa: E402
-from encdec.config import DataConfig, DecodingConfig, ModelConfig, load_config  # noqa: E402
+from encdec.config import (  # noqa: E402
+    DataConfig,
+    DecodingConfig,
+    ModelConfig,
+    TrainingConfig,
+    load_config,
+)
 from encdec.corpus import build_corpus  # noqa: E402
+from encdec.feeding import fed_ahead  # noqa: E402
 from encdec.model import build_model  # noqa: E402
 from encdec.search import decode_examples  # noqa: E402
-from encdec.steps import EpochResult, make_optimizer, run_epoch  # noqa: E402
+from encdec.steps import (  # noqa: E402
+    StepTally,
+    make_optimizer,
+    teacher_forcing_coins,
+    train_batch,
+)
 from encdec.translator import Translator, hypotheses_of, quantize_int8  # noqa: E402
+from encdec.vocab import PAD_IDX  # noqa: E402
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
@@ -54,20 +68,26 @@ def macs_per_token(model: nn.Module) -> tuple[int, int]:
     return encoder, decoder + model.decoder.fc_out.weight.numel()
 
 
-def training_flops(model: nn.Module, examples, batches) -> float:
+def training_flops(model: nn.Module, pairs, batches) -> float:
     """Model FLOPs of forward + backward (3 x forward) over the real tokens of `batches`."""
     encoder_macs, decoder_macs = macs_per_token(model)
-    src_tokens = sum(len(examples[i][0]) for batch in batches for i in batch)
-    trg_tokens = sum(len(examples[i][1]) - 1 for batch in batches for i in batch)
+    src_tokens = sum(int(pairs.src_lengths[batch].sum()) for batch in batches)
+    trg_tokens = sum(int(pairs.trg_lengths[batch].sum()) - len(batch) for batch in batches)
     return 6 * (src_tokens * encoder_macs + trg_tokens * decoder_macs)
 
 
-def time_reference_training(model, examples, batches, pad_idx, ratio) -> tuple[int, float]:
+def as_multi_layer_lstm(state: dict) -> dict:
+    """encdec's weights under the names of one multi-layer nn.LSTM: StackedRNN's layer i holds
+    `rnn.layers.i.weight_ih_l0` where nn.LSTM holds `rnn.weight_ih_l{i}`."""
+    return {re.sub(r"rnn\.layers\.(\d+)\.(\w+)_l0$", r"rnn.\2_l\1", k): v for k, v in state.items()}
+
+
+def time_reference_training(model, pairs, batches, pad_idx, ratio) -> tuple[int, float]:
     optimizer = torch.optim.Adam(model.parameters())
     criterion = nn.CrossEntropyLoss(ignore_index=pad_idx)
     tokens, start = 0, time.perf_counter()
     for indices in batches:
-        batch = collate(examples, indices, pad_idx)
+        batch = collate(pairs, indices, pad_idx)
         reference.train_step(
             model, batch.src, batch.trg, optimizer, criterion, teacher_forcing_ratio=ratio
         )
@@ -75,16 +95,32 @@ def time_reference_training(model, examples, batches, pad_idx, ratio) -> tuple[i
     return tokens, time.perf_counter() - start
 
 
-def time_encdec_training(model, examples, batches, pad_idx, ratio) -> tuple[int, float]:
+def encdec_training(model, pairs, batches, settings, optimizer, coins) -> tuple[int, float]:
+    """Target tokens and seconds of `encdec train`'s step over `batches`: fed ahead by the
+    background thread, no host read until the end (steps.train_batch, feeding.fed_ahead)."""
+    model.train()
+    tally, tokens, start = StepTally(torch.device("cpu")), 0, time.perf_counter()
+    made = lambda indices: collate(pairs, indices, PAD_IDX)  # noqa: E731
+    for indices, batch in fed_ahead(batches, made, pin=False):
+        ratio = settings.teacher_forcing_ratio
+        step_coins = teacher_forcing_coins(ratio, pairs, indices, coins)
+        train_batch(model, batch, settings, optimizer, None, tally, coins=step_coins)
+        tokens += batch.n_target_tokens
+    tally.read(len(batches))
+    return tokens, time.perf_counter() - start
+
+
+def time_encdec_training(model, pairs, batches, pad_idx, ratio) -> tuple[int, float]:
     optimizer = make_optimizer(model, lr=0.001)
     coins = torch.Generator().manual_seed(0)  # teacher forcing's, for a ratio below 1
-    result = run_epoch(model, examples, batches, pad_idx, ratio, optimizer, coin_generator=coins)
-    return result.tokens, result.seconds
+    settings = TrainingConfig(teacher_forcing_ratio=ratio)
+    return encdec_training(model, pairs, batches, settings, optimizer, coins)
 
 
-def time_reference_translation(model, examples, sos_idx, eos_idx, max_len) -> float:
+def time_reference_translation(model, pairs, sos_idx, eos_idx, max_len) -> float:
     start = time.perf_counter()
-    for source, _ in examples:
+    for index in range(len(pairs)):
+        source, _ = pairs.pair(index)
         reference.translate_sentence(model, source, sos_idx, eos_idx, max_len)
     return time.perf_counter() - start
 
@@ -132,26 +168,6 @@ def report(name: str, reference_values: list[float], encdec_values: list[float],
     )
 
 
-# JoeyNMT 2.3.0's standard recurrent model (bi-LSTM 512 + Luong attention, 21M parameters,
-# batch 128) on this CPU, as issue #4 quotes it; not measured by this script.
-JOEYNMT_TOKENS_PER_S = 520
-
-
-def recipe_epoch(model, corpus, batches, settings, optimizer, coins) -> EpochResult:
-    """One training pass over `batches` of the corpus's train split, with a recipe's settings."""
-    return run_epoch(
-        model,
-        corpus.examples["train"],
-        batches,
-        corpus.trg_vocab.pad_idx,
-        settings.teacher_forcing_ratio,
-        optimizer,
-        settings.clip,
-        label_smoothing=settings.label_smoothing,
-        coin_generator=coins,
-    )
-
-
 def report_recipe(config_path: str, data_dir: str, n_batches: int, rounds: int) -> None:
     """Training tokens/s of a recipe's model with its own batch size and training settings."""
     config = load_config(config_path, [f"data.data_dir={data_dir}"])
@@ -160,17 +176,18 @@ def report_recipe(config_path: str, data_dir: str, n_batches: int, rounds: int) 
     model = build_model(config.model, len(corpus.src_vocab), len(corpus.trg_vocab))
     settings = config.training
     optimizer = make_optimizer(model, settings.lr)
-    rng, train, rates = random.Random(0), corpus.examples["train"], []
+    rng, train, rates = np.random.default_rng(0), corpus.ids["train"], []
     coins = torch.Generator().manual_seed(settings.seed)  # teacher forcing's
     for _ in range(rounds):
         batches = bucket_batches(train, settings.batch_size, settings.bucket_pool, rng)
-        result = recipe_epoch(model, corpus, batches[:n_batches], settings, optimizer, coins)
-        rates.append(result.tokens / result.seconds)
+        tokens, seconds = encdec_training(
+            model, train, batches[:n_batches], settings, optimizer, coins
+        )
+        rates.append(tokens / seconds)
     median = statistics.median(rates)
     print(
         f"{config_path} training: {median:,.0f} target tokens/s "
-        f"(min {min(rates):,.0f}, max {max(rates):,.0f}, {rounds} rounds of {n_batches} batches); "
-        f"{median / JOEYNMT_TOKENS_PER_S:.1f}x JoeyNMT's quoted {JOEYNMT_TOKENS_PER_S}"
+        f"(min {min(rates):,.0f}, max {max(rates):,.0f}, {rounds} rounds of {n_batches} batches)"
     )
 
 
@@ -195,7 +212,8 @@ def main() -> None:
     peak = matmul_peak_gflops()
     print(f"measured fp32 matmul peak: {peak:,.0f} GFLOP/s")
     corpus = build_corpus(DataConfig(data_dir=args.data_dir))
-    train, test = corpus.examples["train"], corpus.examples["test"][:sentences]
+    train = corpus.ids["train"]
+    test = corpus.ids["test"].select(np.arange(min(sentences, len(corpus.ids["test"]))))
     pad_idx, sos_idx, eos_idx = (
         corpus.trg_vocab.pad_idx,
         corpus.trg_vocab.sos_idx,
@@ -206,7 +224,7 @@ def main() -> None:
     torch.manual_seed(0)
     encdec_model = build_model(ModelConfig(), *sizes)
     reference_model = reference.build_reference(*sizes)
-    reference_model.load_state_dict(encdec_model.state_dict())
+    reference_model.load_state_dict(as_multi_layer_lstm(encdec_model.state_dict()))
     adam = adam_step_milliseconds(build_model(ModelConfig(), *sizes), rounds)
     print(
         "Adam step, 13.9M parameters: "
@@ -216,7 +234,7 @@ def main() -> None:
         ),
         flush=True,
     )
-    rng = random.Random(0)
+    rng = np.random.default_rng(0)
     for ratio in (0.5, 1.0):
         speeds = {"reference": [], "encdec": [], "reference_util": [], "encdec_util": []}
         for _ in range(rounds):
@@ -261,7 +279,7 @@ def main() -> None:
     )
     report("int8 translation vs fp32 batched", encdec_rates, int8_rates, "sent/s")
     encoder_macs, decoder_macs = macs_per_token(encdec_model)
-    flops = sum(2 * (len(src) * encoder_macs + 25 * decoder_macs) for src, _ in test) / len(test)
+    flops = float((2 * (test.src_lengths * encoder_macs + 25 * decoder_macs)).mean())
     print(
         f"fp32 ceiling at the matmul peak, 25 decoder steps: {peak * 1e9 / flops:,.0f} sent/s "
         f"({flops / 1e6:.0f} MFLOP per sentence)"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from pairs import pairs_of_examples
+from pairs import pairs_of_examples, update_on
 from torch import nn
 from torch.ao.nn.quantized import dynamic as quantized_dynamic
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
@@ -15,7 +15,7 @@ from encdec.corpus import build_corpus
 from encdec.errors import EncdecError
 from encdec.model import Decoder, Encoder, Seq2Seq, WordDropout, build_model, count_parameters
 from encdec.rnn import RNN_CELLS, StackedRNN
-from encdec.steps import make_optimizer, run_epoch, seed_everything
+from encdec.steps import make_optimizer, seed_everything, teacher_forcing_coins
 from encdec.translator import Translator
 from encdec.vocab import Vocab
 
@@ -143,13 +143,14 @@ def test_fast_path_matches_step_loop():
         by_hand = teacher_forced_by_hand(model, src, torch.tensor(src_lengths), trg)
     torch.testing.assert_close(fast, by_hand, atol=1e-5, rtol=0)
 
-    # run_epoch's loss (the fast path, shifted by one) equals the loop's per-token loss
+    # the training step's loss (the fast path, shifted by one) equals the loop's per-token loss
     examples = [
         (src[:n, b].tolist(), trg[:m, b].tolist())
         for b, (n, m) in enumerate(zip(src_lengths, trg_lengths))
     ]
     pairs = pairs_of_examples(examples)
-    epoch_loss = run_epoch(model, pairs, [[0, 1, 2, 3]], PAD, teacher_forcing_ratio=1.0).loss
+    optimizer = make_optimizer(model, 0.0)
+    epoch_loss = update_on(model, pairs, [0, 1, 2, 3], optimizer, teacher_forcing_ratio=1.0)
     criterion = nn.CrossEntropyLoss(ignore_index=PAD, reduction="sum")
     loop_loss = criterion(by_hand.flatten(0, 1), trg[1:].flatten()) / sum(
         m - 1 for m in trg_lengths
@@ -198,11 +199,18 @@ def parameters_after_two_steps(corpus, seed: int) -> dict[str, torch.Tensor]:
     model = build_model(config, len(corpus.src_vocab), len(corpus.trg_vocab))
     examples = corpus.ids["train"]
     batches = bucket_batches(examples, 8, 4, np.random.default_rng(seed))
-    pad_idx = corpus.trg_vocab.pad_idx
     # dropout and teacher-forcing coins both draw random numbers
     coins = torch.Generator().manual_seed(seed)
     optimizer = make_optimizer(model, 0.01)
-    run_epoch(model, examples, batches, pad_idx, 0.5, optimizer, max_steps=2, coin_generator=coins)
+    for indices in batches[:2]:
+        update_on(
+            model,
+            examples,
+            indices,
+            optimizer,
+            teacher_forcing_coins(0.5, examples, indices, coins),
+            teacher_forcing_ratio=0.5,
+        )
     return model.state_dict()
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from encdec import training
+from encdec import steps, training
 from encdec.checkpoint import load_checkpoint, save_checkpoint
 from encdec.cli import main
 from encdec.config import from_dict
@@ -182,7 +182,7 @@ def test_sigterm_saves_last_pt_says_how_to_resume_and_exits_143(tmp_path, uninte
 
 def test_deterministic_kernels_are_on_while_training_and_put_back_after(tmp_path, monkeypatch):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
-    real_losses, modes = training.batch_losses, set()
+    real_losses, modes = steps.batch_losses, set()
 
     def noting_the_mode(*args, **kwargs):
         cudnn = torch.backends.cudnn
@@ -196,7 +196,7 @@ def test_deterministic_kernels_are_on_while_training_and_put_back_after(tmp_path
         )
         return real_losses(*args, **kwargs)
 
-    monkeypatch.setattr(training, "batch_losses", noting_the_mode)
+    monkeypatch.setattr(steps, "batch_losses", noting_the_mode)
     before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic)
     config = from_dict(recipe(epochs=1, max_steps=2, deterministic=True))
     train(config, tmp_path, quiet=True, device="cpu")
@@ -368,16 +368,16 @@ def test_resume_with_set_but_no_config_is_refused(tmp_path, capsys):
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(
     tmp_path, monkeypatch
 ):
-    real_losses, training_batches = training.batch_losses, []
+    real_losses, training_batches = steps.batch_losses, []
 
     def poisoned_at_epoch_2_step_3(model, *args, **kwargs):
-        loss_sum, smoothed_sum, n_tokens = real_losses(model, *args, **kwargs)
+        loss_sum, smoothed_sum = real_losses(model, *args, **kwargs)
         training_batches.append(model.training)
         if sum(training_batches) == BATCHES_PER_EPOCH + 3 and model.training:
             smoothed_sum = smoothed_sum * float("nan")
-        return loss_sum, smoothed_sum, n_tokens
+        return loss_sum, smoothed_sum
 
-    monkeypatch.setattr(training, "batch_losses", poisoned_at_epoch_2_step_3)
+    monkeypatch.setattr(steps, "batch_losses", poisoned_at_epoch_2_step_3)
     with pytest.raises(EncdecError, match="training stopped at epoch 2, step 3: the loss is nan"):
         train(from_dict(RECIPE), tmp_path, quiet=True, device="cpu")
     last = load_checkpoint(tmp_path / "last.pt")
@@ -525,10 +525,10 @@ def crash_at_update(monkeypatch, update: int, how: str) -> None:
     if how == "a stop signal":
         real_step = training._train_step
 
-        def signalled_during_the_step(run, indices, stop):
+        def signalled_during_the_step(run, indices, batch, stop):
             if run.progress.updates == update - 1:
                 stop.handle(signal.SIGTERM, None)
-            return real_step(run, indices, stop)
+            return real_step(run, indices, batch, stop)
 
         monkeypatch.setattr(training, "_train_step", signalled_during_the_step)
         return

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from pairs import pairs_of_examples
+from pairs import pairs_of_examples, update_on
 from torch import nn
 from torch.nn import functional as F
 
@@ -24,7 +24,7 @@ from encdec.model import build_model
 from encdec.steps import (
     batch_scheduler,
     epoch_scheduler,
-    run_epoch,
+    make_optimizer,
     teacher_forcing_coins,
     token_losses,
 )
@@ -106,14 +106,20 @@ def test_smoothed_loss_equals_torch_label_smoothing_and_ignores_padding():
 
 
 def gradients_after_one_batch(label_smoothing: float) -> tuple[nn.Module, float, list]:
-    """A fresh tiny model, its reported loss and its gradient after one run_epoch update."""
+    """A fresh tiny model, its reported loss and its gradient after one training step."""
     torch.manual_seed(0)
     model = build_model(TINY_MODEL, VOCAB_SIZE, VOCAB_SIZE)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # keeps the weights and the gradient
-    result = run_epoch(
-        model, EXAMPLES, [[0, 1, 2]], PAD, 1.0, optimizer, clip=1e9, label_smoothing=label_smoothing
+    optimizer = make_optimizer(model, 0.0)  # keeps the weights and the gradient
+    loss = update_on(
+        model,
+        EXAMPLES,
+        [0, 1, 2],
+        optimizer,
+        teacher_forcing_ratio=1.0,
+        clip=1e9,
+        label_smoothing=label_smoothing,
     )
-    return model, result.loss, [parameter.grad.clone() for parameter in model.parameters()]
+    return model, loss, [parameter.grad.clone() for parameter in model.parameters()]
 
 
 def test_label_smoothing_changes_gradient_not_reported_loss():
@@ -288,7 +294,7 @@ def test_a_ratio_of_0_or_1_draws_no_coins_from_any_generator():
     before = (coins.get_state(), torch.get_rng_state(), random.getstate())
     for ratio in (0.0, 1.0):
         assert teacher_forcing_coins(ratio, EXAMPLES, [0, 1, 2], coins) is None
-        run_epoch(model, EXAMPLES, [[0, 1], [2]], PAD, ratio, coin_generator=coins)
+        update_on(model, EXAMPLES, [0, 1], make_optimizer(model, 0.01), teacher_forcing_ratio=ratio)
     after = (coins.get_state(), torch.get_rng_state(), random.getstate())
     assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
     assert before[2] == after[2]
@@ -323,7 +329,7 @@ def test_a_ratio_between_0_and_1_needs_coins():
     with pytest.raises(EncdecError, match="teacher_forcing_ratio 0.5 needs coins"):
         model(batch.src, batch.src_lengths, batch.trg, 0.5)
     with pytest.raises(EncdecError, match="teacher_forcing_ratio 0.5 needs a generator"):
-        run_epoch(model, EXAMPLES, [[0, 1, 2]], PAD, 0.5)
+        teacher_forcing_coins(0.5, EXAMPLES, [0, 1, 2], None)
 
 
 def test_max_steps_ends_each_epoch_and_max_updates_the_whole_run(tmp_path):

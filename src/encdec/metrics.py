@@ -57,12 +57,14 @@ def token_losses(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy over the non-padding targets: plain (reported), smoothed (trained).
 
-    The smoothed loss is PyTorch's `label_smoothing`: (1 - e) * nll + e * mean over words of -log p.
+    The smoothed loss is PyTorch's `label_smoothing`: (1 - e) * nll + e * mean over words of -log p,
+    both from one log-softmax; padding is masked by multiplying, which never waits for the device
+    (indexing with a boolean mask would, to learn the result's size).
     """
     log_probs = logits.flatten(0, 1).log_softmax(dim=-1)  # (N, V), N = (T-1)*B
     targets = targets.flatten()  # (N,)
     nll = F.nll_loss(log_probs, targets, ignore_index=pad_idx, reduction="sum")
     if label_smoothing == 0.0:
         return nll, nll
-    uniform = -log_probs.mean(dim=-1)[targets != pad_idx].sum()  # cross-entropy to uniform
-    return nll, (1 - label_smoothing) * nll + label_smoothing * uniform
+    uniform = -log_probs.mean(dim=-1) * (targets != pad_idx)  # (N,) cross-entropy to uniform
+    return nll, (1 - label_smoothing) * nll + label_smoothing * uniform.sum()

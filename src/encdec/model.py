@@ -284,10 +284,11 @@ class Seq2Seq(nn.Module):
                 raise EncdecError(
                     f"teacher_forcing_ratio {teacher_forcing_ratio} needs coins, one per step"
                 )
-            coins = torch.zeros(steps)  # every coin is below a ratio of 1, none below 0
-        if len(coins) < steps:
+            forced = [True] + [teacher_forcing_ratio > 0] * steps  # 1: every step, 0: none
+        elif len(coins) < steps:
             raise EncdecError(f"{len(coins)} teacher-forcing coins for {steps} steps")
-        forced = [True, *(coins[:steps] < teacher_forcing_ratio).tolist()]
+        else:  # the coins are drawn on the host: reading them waits for no device
+            forced = [True, *(coins[:steps] < teacher_forcing_ratio).tolist()]
         state = self.encode(src, src_lengths)
         predictions = []
         step, next_input = 0, trg[:1]  # (1, B): <sos>

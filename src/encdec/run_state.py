@@ -28,6 +28,7 @@ from encdec.corpus import Corpus
 from encdec.distributed import Processes, gathered
 from encdec.errors import EncdecError
 from encdec.model import Seq2Seq
+from encdec.steps import StepTally
 
 if TYPE_CHECKING:  # tensorboard is optional: `pip install encdec[tensorboard]`
     from torch.utils.tensorboard import SummaryWriter
@@ -111,6 +112,7 @@ class Run:
     trainable: nn.Module  # the model, wrapped in DistributedDataParallel when there are several
     scaler: torch.amp.GradScaler | None = None  # fp16's gradient scaler
     board: SummaryWriter | None = None  # TensorBoard's writer while training, if installed
+    tally: StepTally | None = None  # the steps' loss and non-finite guard, until the host reads
 
 
 def resume_state(run: Run) -> dict:

@@ -1,11 +1,9 @@
-"""One batch's loss, one optimizer step on it, a pass over many batches, the lr schedules."""
+"""One training step: a batch's loss, the optimizer's update on it, its guard; the lr schedules."""
 
 from __future__ import annotations
 
 import contextlib
 import random
-import time
-from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -13,24 +11,13 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
 
-from encdec.batching import collate
+from encdec.batching import Batch
 from encdec.config import TrainingConfig
 from encdec.errors import EncdecError
-from encdec.metrics import perplexity, token_losses
+from encdec.metrics import token_losses
 from encdec.model import Seq2Seq
 from encdec.pair_ids import PairIds
-from encdec.progress import progress_bar
-
-
-@dataclass
-class EpochResult:
-    loss: float  # mean cross-entropy per target token
-    tokens: int
-    seconds: float
-
-    @property
-    def ppl(self) -> float:
-        return perplexity(self.loss)
+from encdec.vocab import PAD_IDX
 
 
 def seed_everything(seed: int) -> None:
@@ -79,32 +66,83 @@ class NonFiniteLoss(EncdecError):
     """The loss or its gradient is NaN or infinite; the weights were left as they were."""
 
 
+class StepTally:
+    """What training steps leave on the device until the host reads it: their summed loss, and
+    a guard against a non-finite loss or gradient.
+
+    From the first bad step on, every update is skipped on the device (the fused optimizer's
+    `found_inf`), so the weights stay those from before it; `read`, called wherever the host reads
+    the run anyway (log lines, validation, checkpoints), then raises NonFiniteLoss naming that
+    step. A run so ends exactly where raising at the bad step itself would have ended it, and the
+    host never waits for the device in between.
+    """
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.tripped = torch.zeros((), dtype=torch.bool, device=device)
+        self.steps = torch.zeros((), dtype=torch.float64, device=device)  # since the last read
+        self.first = torch.zeros(3, dtype=torch.float64, device=device)  # bad step, loss, norm
+
+    def add(self, loss_sum: torch.Tensor) -> None:
+        """Count one step's summed plain loss."""
+        self.loss_sum += loss_sum.detach().double()
+
+    def observe(self, loss: torch.Tensor, gradient_norm: torch.Tensor | None) -> torch.Tensor:
+        """Note one step's loss and gradient norm (None: the gradient is fp16's scaler's to
+        judge); returns the float flag, 1 once any step was bad, that skips the updates."""
+        norm = gradient_norm if gradient_norm is not None else torch.zeros_like(loss)
+        bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
+        seen = torch.stack([self.steps, loss.detach().double(), norm.double()])
+        self.first = torch.where(bad & ~self.tripped, seen, self.first)
+        self.tripped |= bad
+        self.steps += 1
+        return self.tripped.float()
+
+    def read(self, steps_done: int) -> float:
+        """The loss summed since the last read (one read of the device); NonFiniteLoss if a
+        step since then was bad, `steps_done` counting the steps so far."""
+        flags = torch.stack([self.loss_sum, self.tripped.double(), self.steps])
+        loss_sum, tripped, steps, step, loss, norm = torch.cat([flags, self.first]).tolist()
+        if tripped:
+            raise NonFiniteLoss(
+                f"step {steps_done - int(steps) + int(step) + 1}: the loss is {loss:.4g} and its "
+                f"gradient norm {norm:.4g}"
+            )
+        self.loss_sum.zero_()
+        self.steps.zero_()
+        return loss_sum
+
+
 def optimizer_step(
     model: nn.Module,
     loss: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     clip: float,
     scheduler: LRScheduler | None,
+    tally: StepTally,
     scaler: torch.amp.GradScaler | None = None,
 ) -> None:
     """One optimizer step on `loss`, the gradient norm clipped to `clip`; then the lr schedule's.
 
-    Raises NonFiniteLoss, before any weight changes, when the loss or gradient is not finite.
+    A non-finite loss or gradient skips this update and every later one (see StepTally).
     With fp16's gradient `scaler`, an overflowing gradient is not an error: the scaler skips
     that step and lowers its scale.
     """
     optimizer.zero_grad()
     (loss if scaler is None else scaler.scale(loss)).backward()
-    if scaler is not None:
-        scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
-    gradient_norm = nn.utils.clip_grad_norm_(model.parameters(), clip)
-    if not torch.isfinite(loss) or scaler is None and not torch.isfinite(gradient_norm):
-        raise NonFiniteLoss(
-            f"the loss is {loss.item():.4g} and its gradient norm {gradient_norm.item():.4g}"
-        )
+    gradients = [p.grad for p in model.parameters() if p.grad is not None]
     if scaler is None:
+        gradient_norm = nn.utils.clip_grad_norm_(model.parameters(), clip)
+        # the fused Adam reads this flag on the device and leaves weights and moments alone
+        optimizer.found_inf = tally.observe(loss, gradient_norm)
         optimizer.step()
+        del optimizer.found_inf
     else:
+        skip = tally.observe(loss, None)
+        # NaN gradients once tripped (x1 otherwise): the scaler skips the update itself
+        torch._foreach_mul_(gradients, torch.where(skip > 0, torch.nan, 1.0))
+        scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
         scaler.step(optimizer)
         scaler.update()
     if scheduler is not None:
@@ -142,68 +180,47 @@ def teacher_forcing_coins(
 
 def batch_losses(
     model: nn.Module,
-    pairs: PairIds,
-    indices: np.ndarray,
-    pad_idx: int,
+    batch: Batch,
     teacher_forcing_ratio: float,
     label_smoothing: float = 0.0,
     precision: str = "fp32",
     coins: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """One batch through the model: summed plain and smoothed losses, and the target tokens.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch through the model: its summed plain and smoothed losses, on the model's device.
 
     `coins` are the teacher-forcing coins (see Seq2Seq.forward), needed when 0 < ratio < 1.
     """
-    batch = collate(pairs, indices, pad_idx)
     device = next(model.parameters()).device
-    src, trg = batch.src.to(device), batch.trg.to(device)
+    # non_blocking: from pinned memory (see feeding.py) the copy overlaps the work before it
+    src, trg = batch.src.to(device, non_blocking=True), batch.trg.to(device, non_blocking=True)
     with mixed_precision(device, precision):
         logits = model(src, batch.src_lengths, trg, teacher_forcing_ratio, coins)
     # The shifted loss: the prediction at step t is scored against trg[t + 1].
-    loss_sum, smoothed_sum = token_losses(logits.float(), trg[1:], pad_idx, label_smoothing)
-    return loss_sum, smoothed_sum, batch.n_target_tokens
+    return token_losses(logits.float(), trg[1:], PAD_IDX, label_smoothing)
 
 
-def run_epoch(
-    model: Seq2Seq,
-    pairs: PairIds,
-    batches: list[np.ndarray],
-    pad_idx: int,
-    teacher_forcing_ratio: float,
-    optimizer: torch.optim.Optimizer | None = None,
-    clip: float = 1.0,
-    max_steps: int | None = None,
-    description: str = "",
-    label_smoothing: float = 0.0,
-    scheduler: LRScheduler | None = None,
-    coin_generator: torch.Generator | None = None,
-) -> EpochResult:
-    """One pass over `batches`; trains when an optimizer is given, else only measures the loss.
+def train_batch(
+    model: nn.Module,
+    batch: Batch,
+    settings: TrainingConfig,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler | None,
+    tally: StepTally,
+    scaler: torch.amp.GradScaler | None = None,
+    coins: torch.Tensor | None = None,
+    step_tokens: int | None = None,
+    world_size: int = 1,
+) -> None:
+    """The update `encdec train` makes on one batch; its summed plain loss goes to `tally`.
 
-    The reported loss is the plain cross-entropy even when the update uses `label_smoothing`.
-    A `teacher_forcing_ratio` strictly between 0 and 1 draws its coins from `coin_generator`.
+    With several processes, `batch` is this process's share and `step_tokens` the whole batch's
+    target tokens: DDP averages the processes' gradients, so world_size / step_tokens turns
+    that average into the gradient of the whole batch's mean loss.
     """
-    model.train(optimizer is not None)
-    total_loss, total_tokens, start = 0.0, 0, time.perf_counter()
-    bar = progress_bar(batches[:max_steps], desc=description, leave=False)
-    with torch.set_grad_enabled(optimizer is not None):
-        for indices in bar:
-            coins = teacher_forcing_coins(teacher_forcing_ratio, pairs, indices, coin_generator)
-            loss_sum, smoothed_sum, n_tokens = batch_losses(
-                model,
-                pairs,
-                indices,
-                pad_idx,
-                teacher_forcing_ratio,
-                label_smoothing,
-                coins=coins,
-            )
-            if optimizer is not None:
-                optimizer_step(model, smoothed_sum / n_tokens, optimizer, clip, scheduler)
-            total_loss += loss_sum.item()
-            total_tokens += n_tokens
-            bar.set_postfix(
-                loss=f"{total_loss / total_tokens:.3f}",
-                tok_s=f"{total_tokens / (time.perf_counter() - start):.0f}",
-            )
-    return EpochResult(total_loss / total_tokens, total_tokens, time.perf_counter() - start)
+    ratio = settings.teacher_forcing_ratio
+    loss_sum, smoothed_sum = batch_losses(
+        model, batch, ratio, settings.label_smoothing, settings.precision, coins
+    )
+    loss = smoothed_sum * world_size / (step_tokens or batch.n_target_tokens)
+    optimizer_step(model, loss, optimizer, settings.clip, scheduler, tally, scaler)
+    tally.add(loss_sum)

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from encdec import evaluation
-from encdec.batching import bucket_batches, padding_fraction, shard, splittable
+from encdec.batching import Batch, bucket_batches, collate, padding_fraction, shard, splittable
 from encdec.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from encdec.config import Config, check_every_key_counts, from_dict
 from encdec.corpus import Corpus, build_corpus, check_data_config
@@ -41,6 +41,7 @@ from encdec.distributed import (
     sum_across,
 )
 from encdec.errors import EncdecError
+from encdec.feeding import fed_ahead, pin_batches
 from encdec.metrics import perplexity
 from encdec.model import Seq2Seq, build_model
 from encdec.prepared import with_prepared_settings
@@ -74,16 +75,17 @@ from encdec.run_state import (
 )
 from encdec.steps import (
     NonFiniteLoss,
-    batch_losses,
+    StepTally,
     batch_scheduler,
     epoch_scheduler,
     make_optimizer,
-    optimizer_step,
     seed_everything,
     teacher_forcing_coins,
+    train_batch,
 )
 from encdec.stop_signals import StopSignals, catching_stop_signals
 from encdec.translator import Translator
+from encdec.vocab import PAD_IDX
 
 log = logging.getLogger("encdec")
 
@@ -229,6 +231,7 @@ def _build_run(config: Config, out_dir: Path, processes: Processes) -> Run:
         scaler=torch.amp.GradScaler(processes.device.type)
         if settings.precision == "fp16"
         else None,
+        tally=StepTally(processes.device),
     )
 
 
@@ -317,8 +320,9 @@ def _warn_of_an_unreachable_budget(settings, batches_per_epoch: int) -> None:
         )
 
 
-def _train_step(run: Run, indices: np.ndarray, stop: StopSignals) -> bool:
-    """One update on one batch; the epoch's loss, tokens, time and step move on with it.
+def _train_step(run: Run, indices: np.ndarray, batch: Batch, stop: StopSignals) -> bool:
+    """One update on one batch (`batch`: this process's share of `indices`); the epoch's tokens,
+    time and step move on with it, its loss waits on the device (see `_settle`).
 
     With several processes each one computes the loss of its share of the batch, and they all
     take the same step: the one a single process would take on the whole batch. Returns whether
@@ -326,40 +330,51 @@ def _train_step(run: Run, indices: np.ndarray, stop: StopSignals) -> bool:
     """
     settings, progress, processes = run.config.training, run.progress, run.processes
     start = time.perf_counter()
-    pairs, ratio = run.corpus.ids["train"], settings.teacher_forcing_ratio
+    pairs = run.corpus.ids["train"]
     # drawn for the whole batch, so every process reads the same coins for its share
-    coins = teacher_forcing_coins(ratio, pairs, indices, run.teacher_forcing)
-    loss_sum, smoothed_sum, n_tokens = batch_losses(
+    coins = teacher_forcing_coins(
+        settings.teacher_forcing_ratio, pairs, indices, run.teacher_forcing
+    )
+    step_tokens = int(pairs.trg_lengths[indices].sum()) - len(indices)  # the whole batch's
+    train_batch(
         run.trainable,
-        pairs,
-        shard(indices, processes.rank, processes.world_size),
-        run.corpus.trg_vocab.pad_idx,
-        ratio,
-        settings.label_smoothing,
-        settings.precision,
+        batch,
+        settings,
+        run.optimizer,
+        run.per_batch,
+        run.tally,
+        run.scaler,
         coins,
+        step_tokens,
+        processes.world_size,
     )
-    # one all-reduce carries the losses, the token counts and the processes' stop signals
-    batch_loss_sum, batch_tokens, stop_votes = sum_across(
-        [loss_sum.item(), n_tokens, stop.vote()], processes
-    )
-    # DDP averages the processes' gradients, so world_size / (the whole batch's tokens) turns
-    # that average into the gradient of the whole batch's mean loss
-    loss = smoothed_sum * processes.world_size / batch_tokens
+    progress.step += 1
+    progress.epoch_tokens += step_tokens
+    progress.epoch_seconds += time.perf_counter() - start
+    return stop.requested(processes)
+
+
+def _settle(run: Run) -> None:
+    """Read what the steps left on the device: their loss joins the epoch's, and a non-finite
+    one stops the run. Every process calls it at the same points, before anything is saved."""
+    progress = run.progress
     try:
-        optimizer_step(run.trainable, loss, run.optimizer, settings.clip, run.per_batch, run.scaler)
+        loss_sum = run.tally.read(progress.step)
     except NonFiniteLoss as error:
         last = run.out_dir / "last.pt"
         kept = f"{last} keeps the last good state" if last.is_file() else "no last.pt is saved yet"
         raise NonFiniteLoss(
-            f"training stopped at epoch {progress.epoch}, step {progress.step + 1}: {error}; "
-            f"the weights were not updated and {kept}. Try a lower training.lr or training.clip"
+            f"training stopped at epoch {progress.epoch}, {error}; the weights were not updated "
+            f"from it on and {kept}. Try a lower training.lr or training.clip"
         ) from None
-    progress.step += 1
-    progress.epoch_loss_sum += batch_loss_sum
-    progress.epoch_tokens += int(batch_tokens)
-    progress.epoch_seconds += time.perf_counter() - start
-    return stop_votes > 0
+    (progress_loss,) = sum_across([loss_sum], run.processes)
+    progress.epoch_loss_sum += progress_loss
+
+
+def _save_last(run: Run) -> None:
+    """last.pt, after the steps' device-side loss is read (and checked)."""
+    _settle(run)
+    _save(resume_state(run), run, "last.pt")
 
 
 def _train_epoch(run: Run, stop: StopSignals) -> None:
@@ -373,39 +388,54 @@ def _train_epoch(run: Run, stop: StopSignals) -> None:
     progress, settings = run.progress, run.config.training
     run.trainable.train()
     _validate_if_due(run, stop)  # one that last.pt was saved just before, by a stop signal
-    remaining = progress.batches[progress.step :]
     bar = progress_bar(
-        remaining,
         desc=f"epoch {progress.epoch}",
         initial=progress.step,
         total=len(progress.batches),
         leave=False,
     )
-    for indices in bar:
-        if progress.finished or updates_spent(progress, settings.max_updates):
-            break
-        stopping = _train_step(run, indices, stop)
-        progress.updates += 1
-        bar.set_postfix(
-            loss=f"{progress.epoch_loss_sum / progress.epoch_tokens:.3f}",
-            tok_s=f"{progress.epoch_tokens / progress.epoch_seconds:.0f}",
-        )
-        if stopping:
-            _save(resume_state(run), run, "last.pt")
-            stop.raise_stopped(run)
-        _log_if_due(run)
-        validated = _validate_if_due(run, stop)
-        every = settings.save_every_steps
-        if not validated and every and progress.step % every == 0:
-            _save(resume_state(run), run, "last.pt")
+    shown = {}  # the bar's loss, as of the last log line (it is read from the device then)
+    with bar, contextlib.closing(_fed_batches(run)) as batches:
+        for indices, batch in batches:
+            if progress.finished or updates_spent(progress, settings.max_updates):
+                break
+            stopping = _train_step(run, indices, batch, stop)
+            progress.updates += 1
+            if stopping:
+                _save_last(run)
+                stop.raise_stopped(run)
+            if _log_if_due(run):
+                shown["loss"] = f"{progress.epoch_loss_sum / progress.epoch_tokens:.3f}"
+            bar.update()
+            bar.set_postfix(
+                shown | {"tok_s": f"{progress.epoch_tokens / progress.epoch_seconds:.0f}"}
+            )
+            validated = _validate_if_due(run, stop)
+            every = settings.save_every_steps
+            if not validated and every and progress.step % every == 0:
+                _save_last(run)
 
 
-def _log_if_due(run: Run) -> None:
-    """Every `log_every_updates` updates, a line in train.log and on stderr (a terminal or not)."""
+def _fed_batches(run: Run) -> Iterator[tuple[np.ndarray, Batch]]:
+    """The epoch's batches not yet done, each this process's share, padded (and pinned for a
+    GPU) ahead of the step by a background thread."""
+    pairs, processes, progress = run.corpus.ids["train"], run.processes, run.progress
+
+    def share(indices: np.ndarray) -> Batch:
+        return collate(pairs, shard(indices, processes.rank, processes.world_size), PAD_IDX)
+
+    remaining = progress.batches[progress.step :]
+    return fed_ahead(remaining, share, pin_batches(processes.device))
+
+
+def _log_if_due(run: Run) -> bool:
+    """Every `log_every_updates` updates, a line in train.log and on stderr (a terminal or not);
+    whether it was due (the steps' loss is then read from the device)."""
     progress, settings = run.progress, run.config.training
     every = settings.log_every_updates
     if not every or progress.updates % every:
-        return
+        return False
+    _settle(run)
     train_loss = progress.epoch_loss_sum / progress.epoch_tokens
     line = {
         "epoch": progress.epoch,
@@ -416,6 +446,7 @@ def _log_if_due(run: Run) -> None:
         "train_tokens_per_s": progress.epoch_tokens / progress.epoch_seconds,
     }
     log.info(format_updates(line, settings))
+    return True
 
 
 def _validate_if_due(run: Run, stop: StopSignals) -> bool:
@@ -426,7 +457,7 @@ def _validate_if_due(run: Run, stop: StopSignals) -> bool:
         return False
     _validate(run)
     progress.finished = _stops_early(run)
-    _save(resume_state(run), run, "last.pt")
+    _save_last(run)
     if stop.requested(run.processes):
         stop.raise_stopped(run)
     return True
@@ -467,6 +498,7 @@ def _validation_record(run: Run) -> dict:
 def _validate(run: Run) -> None:
     """Validate, log and record it, keep best.pt if it is the best, step the plateau schedule."""
     progress, selection = run.progress, run.selection
+    _settle(run)
     record = run_on_main(partial(_validation_record, run), run.processes)  # validation, once
     run.trainable.train()  # evaluation switched dropout off; the epoch may go on after this
     if run.processes.distributed:
@@ -503,7 +535,7 @@ def _end_epoch(run: Run, stop: StopSignals) -> None:
     )
     if settings.keep_checkpoints:
         _keep_epoch_weights(run, settings.keep_checkpoints)
-    _save(resume_state(run), run, "last.pt")
+    _save_last(run)
     if stop.requested(run.processes):
         stop.raise_stopped(run)
 
