@@ -61,20 +61,43 @@ def temporary_files(run_dir: Path) -> list[Path]:
     return sorted(run_dir.glob(".*.tmp")) if run_dir.is_dir() else []
 
 
+def log_size(run_dir: Path) -> int:
+    log = run_dir / "train.log"
+    return log.stat().st_size if log.is_file() else 0
+
+
 def run_until_killed(command: list[str], run_dir: Path, moment: dict) -> str | None:
-    """Run `command`; SIGKILL it at `moment`. What it was doing then, or None if it ended first."""
+    """Run `command`; SIGKILL it at `moment`. What it was doing then, or None if it ended first.
+
+    A moment "at a time" counts from the session's first line in train.log: Python's start-up
+    and imports come before it.
+    """
     process = subprocess.Popen(command, env=one_thread(), stderr=subprocess.DEVNULL)
-    started, seen = time.monotonic(), set(temporary_files(run_dir))
+    seen, logged, started = set(temporary_files(run_dir)), log_size(run_dir), None
     before = set(seen)
     writes = 0
     while process.poll() is None:
-        if moment["kind"] == "at a time" and time.monotonic() - started >= moment["seconds"]:
+        if started is None and log_size(run_dir) > logged:
+            started = time.monotonic()
+        if (
+            moment["kind"] == "at a time"
+            and started is not None
+            and time.monotonic() - started >= moment["seconds"]
+        ):
             break
         if moment["kind"] == "as a checkpoint is written":
             fresh = set(temporary_files(run_dir)) - seen
             writes += bool(fresh)
             seen |= fresh
             if fresh and writes > moment["writes_to_skip"]:
+                break
+            time.sleep(0.0005)
+        elif moment["kind"] == "during validation":  # after the first epoch's last batch's save
+            current = set(temporary_files(run_dir))
+            writes += bool(current - seen)
+            seen |= current
+            if writes >= moment["batches"] and not current - before:
+                time.sleep(moment["delay"])
                 break
             time.sleep(0.0005)
         else:
@@ -88,8 +111,8 @@ def run_until_killed(command: list[str], run_dir: Path, moment: dict) -> str | N
 
 def describe_kill(run_dir: Path, temporary_before: set[Path]) -> str:
     """Where the killed run was: writing a checkpoint, validating, or in a step."""
-    if set(temporary_files(run_dir)) - temporary_before:
-        return "while writing a checkpoint"
+    if half_written := sorted(set(temporary_files(run_dir)) - temporary_before):
+        return f"while writing {half_written[0].name.split('.pt.')[0].lstrip('.')}.pt"
     try:
         last = load_checkpoint(run_dir / "last.pt")
     except EncdecError:
@@ -97,7 +120,8 @@ def describe_kill(run_dir: Path, temporary_before: set[Path]) -> str:
     batches = last["batches"]
     count = len(batches["sizes"]) if isinstance(batches, dict) else len(batches)
     if not last["validated"] and last["step"] == count:
-        return "during validation (or the epoch's end)"
+        validated = (run_dir / "metrics.jsonl").is_file() and len(records(run_dir)) >= last["epoch"]
+        return "at an epoch's end, after validation" if validated else "during validation"
     return "during training steps"
 
 
@@ -144,10 +168,14 @@ def records(run_dir: Path) -> list[list]:
     return [[json.loads(line)[key] for key in RECORD_KEYS] for line in lines]
 
 
-def random_moment(rng: random.Random, session_seconds: float, saves: int) -> dict:
-    if rng.random() < 1 / 3:
+def random_moment(rng: random.Random, training_seconds: float, saves: int, batches: int) -> dict:
+    """A time, a checkpoint write, or (`batches` > 0) a moment of the first validation."""
+    kind = rng.randrange(3 if batches else 2)
+    if kind == 0:
         return {"kind": "as a checkpoint is written", "writes_to_skip": rng.randrange(saves)}
-    return {"kind": "at a time", "seconds": rng.uniform(0.5, session_seconds)}
+    if kind == 1:
+        return {"kind": "at a time", "seconds": rng.uniform(0, training_seconds)}
+    return {"kind": "during validation", "batches": batches, "delay": rng.uniform(0, 0.1)}
 
 
 def arguments() -> argparse.Namespace:
@@ -167,10 +195,17 @@ def main() -> None:
     config = work / "recipe.yaml"
     config.write_text(yaml.safe_dump(RECIPE), encoding="utf-8")
     reference, started = work / "uninterrupted", time.monotonic()
-    subprocess.run(train_command(config, reference, False), env=one_thread(), check=True)
-    session_seconds = time.monotonic() - started
+    process = subprocess.Popen(train_command(config, reference, False), env=one_thread())
+    while log_size(reference) == 0 and process.poll() is None:
+        time.sleep(0.005)
+    logging_from = time.monotonic()
+    if process.wait() != 0:
+        raise SystemExit("the uninterrupted run failed")
+    session_seconds, training_seconds = time.monotonic() - started, time.monotonic() - logging_from
     saves = len(list(reference.glob("*.pt"))) + sum(1 for _ in open(reference / "metrics.jsonl"))
-    saves = max(saves, 14 * RECIPE["training"]["epochs"])  # last.pt after every batch
+    batches = load_checkpoint(reference / "last.pt")["batches"]
+    batches = len(batches["sizes"]) if isinstance(batches, dict) else len(batches)
+    saves = max(saves, batches * RECIPE["training"]["epochs"])  # last.pt after every batch
     kills: collections.Counter = collections.Counter()
     broken, leftovers, outcomes, run_number = [], 0, [], 0
     while kills.total() < args.kills:
@@ -182,7 +217,9 @@ def main() -> None:
             command = train_command(config, run_dir, resume=session > 0)
             if session > 0 and not (run_dir / "last.pt").is_file():
                 command = train_command(config, run_dir, resume=False)  # killed before a save
-            what = run_until_killed(command, run_dir, random_moment(rng, session_seconds, saves))
+            fresh_run = "--config" in command  # validation moments count its batches
+            moment = random_moment(rng, training_seconds, saves, batches if fresh_run else 0)
+            what = run_until_killed(command, run_dir, moment)
             if what is None:
                 continue
             kills[what] += 1
@@ -195,7 +232,10 @@ def main() -> None:
         outcomes.append(outcome)
         print(f"run {run_number}: {'bit-identical' if not outcome else outcome}", flush=True)
     identical = sum(not outcome for outcome in outcomes)
-    print(f"uninterrupted run: {session_seconds:.1f} s ({RECIPE['training']['epochs']} epochs)")
+    print(
+        f"uninterrupted run: {session_seconds:.1f} s ({RECIPE['training']['epochs']} epochs), "
+        f"{training_seconds:.1f} s of it after its first log line"
+    )
     print(f"SIGKILLs: {kills.total()} in {len(outcomes)} runs: {dict(kills)}")
     print(f"checkpoints that did not load after a kill: {len(broken)}")
     for error in broken[:3]:
