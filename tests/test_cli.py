@@ -580,11 +580,12 @@ def test_evaluate_labels_both_perplexities_and_prints_the_sacrebleu_signatures(
         f"teacher-forced loss {scores['teacher_forced_loss']:.3f} "
         f"ppl {scores['teacher_forced_ppl']:.2f} | BLEU "
     )
-    assert lines[1:] == [
+    assert lines[1:4] == [
         f"BLEU signature: {scores['bleu_signature']}",
         f"BLEU (tokenized) signature: {scores['bleu_tok_signature']}",
         f"chrF signature: {scores['chrf_signature']}",
     ]
+    assert lines[4].startswith(f"translations cut at the length limit: {scores['truncated']} ")
 
 
 def test_translate_and_evaluate_take_a_batch_size_and_decoding_settings(

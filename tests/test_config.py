@@ -345,3 +345,9 @@ def test_settings_of_a_kind_of_decoding_not_asked_for_are_refused():
         assert getattr(decoding_with(DecodingConfig(beam_size=4), {penalty: 0.5}), penalty) == 0.5
     with pytest.raises(EncdecError, match="config field 'decoding.beam_size' must be positive"):
         decoding_with(DecodingConfig(), {"beam_size": 0})
+
+
+def test_a_temperature_beyond_100_is_refused_naming_the_bound():
+    with pytest.raises(EncdecError, match=r"temperature' must be at most 100, got 1e\+308"):
+        load_config(None, ["decoding.temperature=1e308"])
+    assert load_config(None, ["decoding.temperature=100"]).decoding.temperature == 100.0

@@ -122,12 +122,19 @@ def test_translate_file_draws_a_bar_on_a_terminal(
     assert len(capsys.readouterr().out.splitlines()) == len(SENTENCES)
 
 
+def only_notes(stderr: str) -> bool:
+    """No bar on stderr: at most whole lines of notes (an untrained model's lines are all cut
+    at the length limit, and translate says so)."""
+    lines = stderr.splitlines()
+    return "\r" not in stderr and all(line.startswith("encdec translate: ") for line in lines)
+
+
 def test_translate_draws_no_bar_when_stderr_is_not_a_terminal(
     tiny_checkpoint, sentence_files, capsys
 ):
     assert main(["translate", str(tiny_checkpoint), "--input", str(sentence_files[0])]) == 0
     captured = capsys.readouterr()
-    assert captured.err == ""
+    assert only_notes(captured.err)
     assert len(captured.out.splitlines()) == len(SENTENCES)
 
 
@@ -135,7 +142,7 @@ def test_translate_piped_in_a_subprocess_writes_nothing_to_stderr(tiny_checkpoin
     command = [sys.executable, "-m", "encdec", "translate", str(tiny_checkpoint)]
     command += ["--input", str(sentence_files[0])]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
-    assert result.stderr == ""
+    assert only_notes(result.stderr)
     assert len(result.stdout.splitlines()) == len(SENTENCES)
 
 
@@ -147,7 +154,7 @@ def test_quiet_translate_and_evaluate_draw_no_bars_on_a_terminal(
     source, reference = (str(path) for path in sentence_files)
     options = ["--input", source] if verb == "translate" else ["--src", source, "--ref", reference]
     assert main([verb, str(tiny_checkpoint), *options, "--quiet"]) == 0
-    assert terminal.getvalue() == ""
+    assert only_notes(terminal.getvalue())
     assert capsys.readouterr().out.strip()
 
 

@@ -548,7 +548,7 @@ def test_the_request_body_shape_matches_the_issue(client):
     response = client.post("/translate", content=json.dumps(body))
     assert response.status_code == 200
     (translation,) = response.json()["translations"]
-    assert set(translation) == {"text", "tokens", "score", "n_best", "source_tokens"}
+    assert set(translation) == {"text", "tokens", "score", "n_best", "source_tokens", "truncated"}
 
 
 @pytest.mark.parametrize("body", [b'{"text": ["hi", "\\ud800"]}', b'{"text": "hi\\nx\\udfff"}'])

@@ -168,6 +168,9 @@ FRACTIONS = {
     ("training", "label_smoothing"),
     ("training", "lr_decay_factor"),
 }
+# beyond these the arithmetic overflows or means nothing (a temperature of 1e308 divides the
+# logits to zero and overflows sampling)
+AT_MOST = {("decoding", "temperature"): 100.0}
 # 1 would leave no signal (smoothing, word dropout) or no decay (ReduceLROnPlateau refuses it)
 BELOW_ONE = {
     ("model", "word_dropout"),
@@ -219,6 +222,10 @@ def _check_range(section: str, key: str, value: object) -> None:
         raise EncdecError(f"config field '{where}' must not be negative, got {value!r}")
     if (section, key) in FRACTIONS and not 0 <= value <= 1:
         raise EncdecError(f"config field '{where}' must lie in [0, 1], got {value!r}")
+    if (section, key) in AT_MOST and value is not None and value > AT_MOST[section, key]:
+        raise EncdecError(
+            f"config field '{where}' must be at most {AT_MOST[section, key]:g}, got {value!r}"
+        )
     if (section, key) in BELOW_ONE and value >= 1:
         raise EncdecError(f"config field '{where}' must be below 1, got {value!r}")
 
