@@ -101,9 +101,9 @@ def data_section(corpus: Path, tokenization: str) -> dict:
         for split in ("train", "valid", "test")
         for side, lang in (("src", "de"), ("trg", "en"))
     }
-    return {"dataset": "files", "src_lang": "de", "trg_lang": "en", **files} | TOKENIZATIONS[
-        tokenization
-    ]
+    # min_freq 1: every size keeps every word (a copy repeats each), so the model is the same
+    settings = {"dataset": "files", "src_lang": "de", "trg_lang": "en", "min_freq": 1}
+    return settings | files | TOKENIZATIONS[tokenization]
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -179,8 +179,8 @@ def probe(config_path: str, out_dir: str, steps: int) -> None:
 
     real_step, marks = training._train_step, []
 
-    def timed_step(run, indices, stop):
-        stopping = real_step(run, indices, stop)
+    def timed_step(run, indices, batch, stop):
+        stopping = real_step(run, indices, batch, stop)
         marks.append((time.time(), run.progress.epoch_tokens))
         if len(marks) == steps:
             raise _Enough
@@ -225,6 +225,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--work", type=Path, default=Path("/tmp/big_corpus"))
+    parser.add_argument("--prepare-only", action="store_true", help="no training runs")
     args = parser.parse_args()
     print("command:", shlex.join([sys.executable, *sys.argv]))
     cores = len(os.sched_getaffinity(0))
@@ -236,6 +237,8 @@ def main() -> None:
                 measure_prepare(corpus, pairs, tokenization, args.work) for _ in range(args.repeats)
             ]
             show(f"prepare {pairs:,} pairs, {tokenization}", summary(runs))
+        if args.prepare_only:
+            continue
         prepared = {"prepared": str(args.work / f"prepared-{pairs}-spacy")}
         runs = [measure_training(prepared, args.steps, args.work) for _ in range(args.repeats)]
         show(f"train --prepared, {pairs:,} pairs", summary(runs))

@@ -174,10 +174,9 @@ class Tokenizer:
         """Words of many sentences: spaCy's, characters, or the words spaces separate."""
         if self.kind == "spacy":
             return list(map(_spacy_words(self.lang, self.lowercase), sentences))
-        if self.kind == "char":
-            token_lists = [list(sentence) for sentence in sentences]
-        else:
-            token_lists = [sentence.split() for sentence in sentences]
+        if self.kind == "whitespace":  # lowercasing the line lowercases each of its words
+            return [(s.lower() if self.lowercase else s).split() for s in sentences]
+        token_lists = [list(sentence) for sentence in sentences]
         if self.lowercase:
             token_lists = [[token.lower() for token in tokens] for tokens in token_lists]
         return token_lists
