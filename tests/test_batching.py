@@ -198,3 +198,13 @@ def test_a_sentence_longer_than_the_token_budget_is_a_batch_alone():
     examples = pairs_of([([4] * 3, [5] * 3), ([4] * 28, [5] * 28), ([4] * 3, [5] * 4)])
     batches = bucket_batches(examples, 8, 1, rng=None, max_tokens=40)
     assert sorted(as_lists(batches)) == [[0, 2], [1]]
+
+
+def test_evaluation_batches_can_be_capped_in_tokens_and_keep_their_order():
+    pairs = pairs_of_lengths([3, 9, 1, 6, 2])
+    capped = evaluation_batches(pairs, batch_size=5, max_tokens=30)
+    assert all_indices(capped) == all_indices(evaluation_batches(pairs, batch_size=5))
+    for batch in capped:
+        padded = len(batch) * (max(pairs.src_lengths[batch]) + max(pairs.trg_lengths[batch]))
+        assert padded <= 30 or len(batch) == 1
+    assert len(capped) > 1

@@ -747,3 +747,26 @@ def test_train_help_says_max_steps_is_per_epoch_and_max_updates_the_total(capsys
     text = " ".join(capsys.readouterr().out.split())
     assert "end EACH epoch after this many batches" in text
     assert "--max-updates MAX_UPDATES override training.max_updates: stop after" in text
+
+
+def test_batch_tokens_splits_decoding_batches_and_changes_no_translation(
+    demo_checkpoint, tmp_path, capsys, monkeypatch
+):
+    source = tmp_path / "src.en"
+    source.write_text("good morning\nthank you very much\nlet's go\ni am hungry.\n", "utf-8")
+    translate = ["translate", str(demo_checkpoint), "--input", str(source), "--device", "cpu"]
+    assert main(translate) == 0
+    whole = capsys.readouterr().out
+    from encdec import search
+
+    sizes, real = [], search.collate
+    monkeypatch.setattr(
+        search,
+        "collate",
+        lambda pairs, indices, pad: sizes.append(len(indices)) or real(pairs, indices, pad),
+    )
+    assert main([*translate, "--batch-tokens", "12"]) == 0
+    assert capsys.readouterr().out == whole
+    assert len(sizes) > 1 and max(sizes) < 4  # at most 12 padded source positions a batch
+    assert main([*translate, "--batch-tokens", "0"]) == 2
+    assert "--batch-tokens must be positive" in capsys.readouterr().err

@@ -237,6 +237,11 @@ def test_a_temperature_with_a_beam_is_422(client):
     assert_error(response, 422, "sampling", "beam search", "do not mix")
 
 
+def test_a_temperature_too_high_to_compute_is_422_not_500(client):
+    response = client.post("/translate", json={"text": ["hi"], "temperature": 1e308})
+    assert_error(response, 422, "temperature", "at most 100")
+
+
 def test_a_top_k_without_sampling_is_422(client):
     response = client.post("/translate", json={"text": ["hi"], "top_k": 3})
     assert_error(response, 422, "top-k", "temperature")

@@ -96,9 +96,13 @@ def padding_fraction(pairs: PairIds, batches: list[np.ndarray]) -> float:
     return 1 - real / padded if padded else 0.0
 
 
-def evaluation_batches(pairs: PairIds, batch_size: int) -> list[np.ndarray]:
-    """Length-sorted batches in a fixed order, for validation, test and translation."""
-    return bucket_batches(pairs, batch_size, pool_batches=max(len(pairs), 1), rng=None)
+def evaluation_batches(
+    pairs: PairIds, batch_size: int, max_tokens: int | None = None
+) -> list[np.ndarray]:
+    """Length-sorted batches in a fixed order, for validation, test and translation; with
+    `max_tokens`, capped in padded positions as in `bucket_batches`."""
+    whole = max(len(pairs), 1)
+    return bucket_batches(pairs, batch_size, pool_batches=whole, rng=None, max_tokens=max_tokens)
 
 
 def splittable(batches: list[np.ndarray], world_size: int) -> list[np.ndarray]:

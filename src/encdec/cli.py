@@ -75,6 +75,7 @@ OPTION_FIELDS = {
     "max_updates": "training.max_updates",
     "min_freq": "data.min_freq",
     "batch_size": "decoding.batch_size",
+    "batch_tokens": "decoding.batch_tokens",
 }
 
 

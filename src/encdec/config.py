@@ -101,7 +101,8 @@ class DecodingConfig:
     length_penalty: float = 1.0  # beams are ranked by log-probability / length ** this
     coverage_penalty: float = 0.0  # ... plus this * how fully they attended to the source
     unk_replace: bool = False  # replace each <unk> by the source word it attends to most
-    batch_size: int = 128
+    batch_size: int = 128  # sentences translated at once
+    batch_tokens: int | None = None  # also cap a batch's padded source positions (+2 a sentence)
 
 
 @dataclass
@@ -149,6 +150,7 @@ POSITIVE = {
     ("training", "save_every_steps"),
     ("decoding", "max_len"),
     ("decoding", "batch_size"),
+    ("decoding", "batch_tokens"),
     ("decoding", "top_k"),
     ("decoding", "beam_size"),
 }

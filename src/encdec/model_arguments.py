@@ -68,6 +68,13 @@ def add_decoding_settings_arguments(parser: argparse.ArgumentParser) -> None:
         help="sentences translated at once (default: the checkpoint's decoding.batch_size)",
     )
     parser.add_argument(
+        "--batch-tokens",
+        type=int,
+        metavar="N",
+        help="also end a batch before its padded source tokens (2 more a sentence) pass N, so "
+        "long sentences come in smaller batches (default: the checkpoint's decoding.batch_tokens)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -91,13 +98,14 @@ def load_translator(args: argparse.Namespace) -> Translator:
         channel=args.channel,
         channel_weight=args.channel_weight,
     )
-    settings = _decoding_settings(getattr(args, "set", []), getattr(args, "batch_size", None))
+    sizes = {key: getattr(args, key, None) for key in ("batch_size", "batch_tokens")}
+    settings = _decoding_settings(getattr(args, "set", []), sizes)
     translator.config.decoding = decoding_with(translator.config.decoding, settings)
     return translator
 
 
-def _decoding_settings(assignments: list[str], batch_size: int | None) -> dict:
-    """The decoding settings of --set decoding.KEY=VALUE and --batch-size, by key."""
+def _decoding_settings(assignments: list[str], sizes: dict[str, int | None]) -> dict:
+    """The decoding settings of --set decoding.KEY=VALUE, --batch-size and --batch-tokens."""
     settings = {}
     for assignment in assignments:
         section, key, value = parse_override(assignment)
@@ -107,4 +115,4 @@ def _decoding_settings(assignments: list[str], batch_size: int | None) -> dict:
                 "and training settings are the checkpoint's); use --set decoding.KEY=VALUE"
             )
         settings[key] = value
-    return settings | ({"batch_size": batch_size} if batch_size is not None else {})
+    return settings | {key: value for key, value in sizes.items() if value is not None}

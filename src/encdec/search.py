@@ -448,7 +448,7 @@ def decode_examples(
     """
     model.eval()
     device = next(model.parameters()).device
-    batches = evaluation_batches(examples, decoding.batch_size)
+    batches = evaluation_batches(examples, decoding.batch_size, decoding.batch_tokens)
     for indices in progress_bar(batches, desc="translating", unit="batch", leave=False):
         batch = collate(examples, indices, src_pad_idx)  # only its source is read
         src, limits = batch.src.to(device), length_limits(batch.src_lengths, decoding)
