@@ -7,7 +7,7 @@ errors are the numbers an editor shows; nothing holds a whole corpus in memory.
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -52,13 +52,10 @@ class SplitSource:
     def chunks(self, size: int) -> Iterator[Chunk]:
         """The pairs in order, `size` at a time."""
         if self.pairs is not None:
-            for start in range(0, len(self.pairs), size):
-                part = self.pairs[start : start + size]
-                yield [source for source, _ in part], [target for _, target in part]
-        elif self.tsv_path is not None:
-            yield from _tsv_chunks(self.tsv_path, size)
-        else:
-            yield from _parallel_chunks(self.src_path, self.trg_path, size)
+            return _chunked(self.pairs, size)
+        if self.tsv_path is not None:
+            return _tsv_chunks(self.tsv_path, size)
+        return _parallel_chunks(self.src_path, self.trg_path, size)
 
     def read(self) -> list[data.Pair]:
         """Every pair of the split (for the small ones: valid and test)."""
@@ -134,22 +131,18 @@ def read_lines(path: Path) -> Iterator[str]:
 
 
 def _parallel_chunks(src_path: Path, trg_path: Path, size: int) -> Iterator[Chunk]:
-    sources, targets = read_lines(src_path), read_lines(trg_path)
-    chunk: Chunk = ([], [])
-    for source, target in zip(sources, targets, strict=True):
-        chunk[0].append(source)
-        chunk[1].append(target)
-        if len(chunk[0]) == size:
-            yield chunk
-            chunk = ([], [])
-    if chunk[0]:
-        yield chunk
+    return _chunked(zip(read_lines(src_path), read_lines(trg_path), strict=True), size)
 
 
 def _tsv_chunks(path: Path, size: int) -> Iterator[Chunk]:
+    lines = enumerate(read_lines(path), start=1)
+    return _chunked((data.split_tsv_line(line, path, number) for number, line in lines), size)
+
+
+def _chunked(pairs: Iterable[data.Pair], size: int) -> Iterator[Chunk]:
+    """The pairs in order, as (sources, targets) of `size` pairs (the last may have fewer)."""
     chunk: Chunk = ([], [])
-    for number, line in enumerate(read_lines(path), start=1):
-        source, target = data.split_tsv_line(line, path, number)
+    for source, target in pairs:
         chunk[0].append(source)
         chunk[1].append(target)
         if len(chunk[0]) == size:
