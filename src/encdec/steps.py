@@ -130,7 +130,6 @@ def optimizer_step(
     """
     optimizer.zero_grad()
     (loss if scaler is None else scaler.scale(loss)).backward()
-    gradients = [p.grad for p in model.parameters() if p.grad is not None]
     if scaler is None:
         gradient_norm = nn.utils.clip_grad_norm_(model.parameters(), clip)
         # the fused Adam reads this flag on the device and leaves weights and moments alone
@@ -140,6 +139,7 @@ def optimizer_step(
     else:
         skip = tally.observe(loss, None)
         # NaN gradients once tripped (x1 otherwise): the scaler skips the update itself
+        gradients = [p.grad for p in model.parameters() if p.grad is not None]
         torch._foreach_mul_(gradients, torch.where(skip > 0, torch.nan, 1.0))
         scaler.unscale_(optimizer)  # clip the true gradient, not the scaled one
         nn.utils.clip_grad_norm_(model.parameters(), clip)

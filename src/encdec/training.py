@@ -99,18 +99,7 @@ def evaluate_split(model: Seq2Seq, corpus: Corpus, split: str, config: Config) -
     translator = Translator(model, config, corpus.src_vocab, corpus.trg_vocab, subwords)
     greedy = {"beam_size": 1, "temperature": 0.0, "unk_replace": False}
     scores = evaluation.evaluate(translator, corpus.pairs[split], description=split, **greedy)
-    forced_loss = evaluation.corpus_loss(
-        model,
-        corpus.ids[split],
-        corpus.trg_vocab.pad_idx,
-        config.training.batch_size,
-        teacher_forcing_ratio=1.0,
-        description=f"{split} forced",
-    )
-    return {f"{split}_{key}": value for key, value in scores.items()} | {
-        f"{split}_teacher_forced_loss": forced_loss,
-        f"{split}_teacher_forced_ppl": perplexity(forced_loss),
-    }
+    return {f"{split}_{key}": value for key, value in scores.items()}
 
 
 def _stops_early(run: Run) -> bool:
