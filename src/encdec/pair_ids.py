@@ -17,6 +17,22 @@ from encdec.vocab import Vocab
 SOS_IDX, EOS_IDX = 2, 3  # every Vocab starts with <unk>, <pad>, <sos>, <eos>
 
 
+def positions_within(lengths: np.ndarray) -> np.ndarray:
+    """(sum of lengths,) 0 ... length - 1 for each length, one run after another."""
+    starts = np.cumsum(lengths) - lengths
+    return np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
+
+
+def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """(sum of lengths,) the positions starts[i] ... starts[i] + lengths[i] - 1, run after run."""
+    return np.repeat(starts, lengths) + positions_within(lengths)
+
+
+def offsets_of(lengths: np.ndarray) -> np.ndarray:
+    """(N + 1,) int64 offsets of N runs of these lengths laid one after another."""
+    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class Sentences:
     """Many sentences' token ids: sentence i is ids[offsets[i]:offsets[i + 1]], no specials."""
@@ -27,7 +43,7 @@ class Sentences:
     @classmethod
     def from_lists(cls, id_lists: Sequence[Sequence[int]]) -> Sentences:
         lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        offsets = offsets_of(lengths)
         ids = np.fromiter((i for ids in id_lists for i in ids), dtype=np.int32, count=offsets[-1])
         return cls(ids, offsets)
 
@@ -50,20 +66,16 @@ class Sentences:
         padded[0] = SOS_IDX
         padded[lengths + 1, np.arange(batch_size)] = EOS_IDX
         columns = np.repeat(np.arange(batch_size), lengths)  # (tokens,)
-        starts = np.cumsum(lengths) - lengths
-        within = np.arange(int(lengths.sum())) - np.repeat(starts, lengths)  # (tokens,)
+        within = positions_within(lengths)  # (tokens,)
         rows = np.repeat(lengths, lengths) - within if reverse else within + 1
-        padded[rows, columns] = self.ids[np.repeat(self.offsets[indices], lengths) + within]
+        padded[rows, columns] = self.ids[ranges(self.offsets[indices], lengths)]
         return padded
 
     def select(self, indices: np.ndarray) -> Sentences:
         """The sentences `indices`, in that order, as a corpus of their own."""
         indices = np.asarray(indices, dtype=np.int64)
         lengths = self.offsets[indices + 1] - self.offsets[indices]
-        starts = np.cumsum(lengths) - lengths
-        within = np.arange(int(lengths.sum())) - np.repeat(starts, lengths)
-        ids = self.ids[np.repeat(self.offsets[indices], lengths) + within]
-        return Sentences(ids, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        return Sentences(self.ids[ranges(self.offsets[indices], lengths)], offsets_of(lengths))
 
     def ids_of(self, index: int) -> list[int]:
         """One sentence's ids, without specials."""

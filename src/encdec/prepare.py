@@ -14,8 +14,8 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ import numpy as np
 
 from encdec.config import DataConfig
 from encdec.errors import EncdecError
+from encdec.pair_ids import offsets_of, ranges
 from encdec.splits import SplitSource, split_sources
 from encdec.tokenize import Subwords
 from encdec.vocab import SPECIALS, Vocab
@@ -66,9 +67,10 @@ def prepare(
         raise EncdecError(f"--workers must be at least 1, got {workers}")
     _check_destination(out_dir, overwrite)
     sources = split_sources(config)
-    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    # a new name for this prepare alone; mkdir gives it the permissions the umask allows
+    building = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        building.chmod(0o777 & ~_umask())  # mkdtemp's folders are private
+        building.mkdir()
         manifest = write_prepared(config, sources, building, workers or available_cores())
         _move_into_place(building, out_dir)
     except OSError as error:  # a full disk, most likely
@@ -76,12 +78,6 @@ def prepare(
     finally:
         shutil.rmtree(building, ignore_errors=True)  # gone once renamed; a failure's leftovers
     return manifest
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
 
 
 def _check_destination(out_dir: Path, overwrite: bool) -> None:
@@ -239,13 +235,11 @@ class _Expansion:
             dtype=np.int64,
             count=int(lengths.sum()),
         )
-        return cls(np.cumsum(lengths) - lengths, lengths, ids)
+        return cls(offsets_of(lengths)[:-1], lengths, ids)
 
     def expand(self, words: np.ndarray) -> np.ndarray:
         """(words,) word numbers -> (tokens,) their token ids, one word after another."""
-        counts = self.lengths[words]
-        within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        return self.ids[np.repeat(self.starts[words], counts) + within]
+        return self.ids[ranges(self.starts[words], self.lengths[words])]
 
 
 def _write_side(
@@ -259,7 +253,7 @@ def _write_side(
     """{split}.{side}.ids.npy and .offsets.npy from the words file, which is then removed."""
     words_path = split_words.paths[side]
     word_lengths = split_words.lengths[side]  # (N,) words per sentence
-    word_offsets = np.concatenate([[0], np.cumsum(word_lengths)])
+    word_offsets = offsets_of(word_lengths)
     words = (  # mapped: a pass reads its sentences' words only
         np.memmap(words_path, dtype=np.int32, mode="r")
         if word_offsets[-1]
@@ -270,7 +264,7 @@ def _write_side(
         [np.zeros(0, np.int64)]
         + [_token_lengths(words, word_offsets, start, expansion) for start in passes]
     )
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    offsets = offsets_of(lengths)
     name = f"{split}.{SIDES[side]}"
     np.save(folder / f"{name}.offsets.npy", offsets)
     dtype = np.uint16 if vocab_size <= 1 << 16 else np.int32
@@ -291,5 +285,5 @@ def _token_lengths(
     """Tokens per sentence for sentences start ... start + _SENTENCES_PER_PASS."""
     bounds = word_offsets[start : start + _SENTENCES_PER_PASS + 1]
     per_word = expansion.lengths[words[bounds[0] : bounds[-1]]]
-    running = np.concatenate([[0], np.cumsum(per_word)])
+    running = offsets_of(per_word)
     return running[bounds[1:] - bounds[0]] - running[bounds[:-1] - bounds[0]]

@@ -19,6 +19,7 @@ import numpy as np
 
 from encdec.config import DataConfig
 from encdec.errors import EncdecError
+from encdec.pair_ids import positions_within
 from encdec.progress import progress_bar
 from encdec.splits import Chunk, SplitSource
 from encdec.tokenize import Tokenizer, tokenizer_pair
@@ -167,8 +168,7 @@ def _kept_pairs(
 
 def _take(chunk: ChunkWords, kept: np.ndarray, max_len: int | None) -> ChunkWords:
     """The kept sentences of a chunk, each cut to its first `max_len` words."""
-    starts = np.cumsum(chunk.lengths) - chunk.lengths
-    within = np.arange(len(chunk.ids)) - np.repeat(starts, chunk.lengths)  # (tokens,)
+    within = positions_within(chunk.lengths)  # (tokens,)
     taken = np.repeat(kept, chunk.lengths)
     lengths = chunk.lengths[kept]
     if max_len is not None:
