@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.client
 import os
 import urllib.request
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import BinaryIO
@@ -52,8 +53,29 @@ def default_cache_dir() -> Path:
 
 def read_lines(path: str | Path) -> list[str]:
     """Read UTF-8 text (gzip if the name ends in .gz) and split it into lines (`split_lines`)."""
+    return list(lines_of(path))
+
+
+def lines_of(path: str | Path) -> Iterator[str]:
+    """A file's lines one at a time, split as `split_lines` splits them: at b'\n' only (UTF-8
+    never uses that byte inside a character), so a huge file is never read whole."""
     path = Path(path)
-    return split_lines(_decode_utf8(_read_bytes(path), path))
+    with _readable(path):
+        with _opened(path) as file:
+            for number, raw in enumerate(file, start=1):
+                try:
+                    yield raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
+                except UnicodeDecodeError as error:
+                    raise EncdecError(_not_utf8(path, number, error)) from None
+
+
+def count_lines(path: str | Path) -> int:
+    """Lines in a file (as `lines_of` gives them): its b'\n's, plus a last line without one."""
+    path, lines, last = Path(path), 0, b"\n"
+    with _readable(path), _opened(path) as file:
+        while block := file.read(_CHUNK_BYTES):
+            lines, last = lines + block.count(b"\n"), block[-1:]
+    return lines + (last != b"\n")
 
 
 def split_lines(text: str) -> list[str]:
@@ -68,13 +90,16 @@ def split_lines(text: str) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped when its name ends in .gz."""
+def _opened(path: Path) -> BinaryIO:
+    """The file open for reading bytes, gunzipped when its name ends in .gz."""
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+@contextlib.contextmanager
+def _readable(path: Path) -> Iterator[None]:
+    """Reading `path` inside: a missing, folder or unreadable file is one line naming it."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as file:
-                return file.read()
-        return path.read_bytes()
+        yield
     except FileNotFoundError:
         raise EncdecError(f"{path}: no such file; check the path") from None
     except IsADirectoryError:
@@ -102,20 +127,27 @@ def _decode_utf8(data: bytes, path: str | Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         line_number = data.count(b"\n", 0, error.start) + 1
-        raise EncdecError(
-            f"{path}:{line_number}: not valid UTF-8 ({error.reason}); re-encode it as UTF-8"
-        ) from None
+        raise EncdecError(_not_utf8(path, line_number, error)) from None
+
+
+def _not_utf8(path: str | Path, line_number: int, error: UnicodeDecodeError) -> str:
+    return f"{path}:{line_number}: not valid UTF-8 ({error.reason}); re-encode it as UTF-8"
 
 
 def read_parallel(src_path: str | Path, trg_path: str | Path) -> list[Pair]:
     """Pair line i of the source file with line i of the target file."""
     sources, targets = read_lines(src_path), read_lines(trg_path)
-    if len(sources) != len(targets):
+    check_parallel(src_path, len(sources), trg_path, len(targets))
+    return list(zip(sources, targets, strict=True))
+
+
+def check_parallel(src_path: str | Path, sources: int, trg_path: str | Path, targets: int) -> None:
+    """Refuse parallel files of different lengths, naming both files and both line counts."""
+    if sources != targets:
         raise EncdecError(
-            f"{src_path} has {len(sources)} lines but {trg_path} has {len(targets)}; "
+            f"{src_path} has {sources:,} lines but {trg_path} has {targets:,}; "
             "parallel files need one sentence per line, line for line"
         )
-    return list(zip(sources, targets, strict=True))
 
 
 def read_tsv(path: str | Path) -> list[Pair]:

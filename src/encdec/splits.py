@@ -1,23 +1,19 @@
 """The splits a data config names, read a chunk of pairs at a time, whatever their size.
 
-A file is read as bytes and split at '\n' only (as `data.split_lines` does), so line numbers in
-errors are the numbers an editor shows; nothing holds a whole corpus in memory.
+Files are read a line at a time (`data.lines_of`), so nothing holds a whole corpus in memory.
 """
 
 from __future__ import annotations
 
-import gzip
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from encdec import data
 from encdec.config import DataConfig
 from encdec.errors import EncdecError
 
 Chunk = tuple[list[str], list[str]]  # (source sentences, target sentences), line for line
-_BLOCK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -40,13 +36,9 @@ class SplitSource:
         if self.pairs is not None:
             return len(self.pairs)
         if self.tsv_path is not None:
-            return count_lines(self.tsv_path)
-        sources, targets = count_lines(self.src_path), count_lines(self.trg_path)
-        if sources != targets:
-            raise EncdecError(
-                f"{self.src_path} has {sources:,} lines but {self.trg_path} has {targets:,}; "
-                "parallel files need one sentence per line, line for line"
-            )
+            return data.count_lines(self.tsv_path)
+        sources, targets = data.count_lines(self.src_path), data.count_lines(self.trg_path)
+        data.check_parallel(self.src_path, sources, self.trg_path, targets)
         return sources
 
     def chunks(self, size: int) -> Iterator[Chunk]:
@@ -94,48 +86,12 @@ def _file_source(config: DataConfig, split: str) -> SplitSource:
     )
 
 
-def _open(path: Path) -> BinaryIO:
-    """The file's bytes, gunzipped when its name ends in .gz; a clear error when it cannot be."""
-    try:
-        return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-    except FileNotFoundError:
-        raise EncdecError(f"{path}: no such file; check the path") from None
-    except IsADirectoryError:
-        raise EncdecError(f"{path} is a folder; name a file of lines in it") from None
-    except OSError as error:
-        raise EncdecError(f"{path}: cannot read ({error.strerror})") from None
-
-
-def count_lines(path: Path) -> int:
-    """Lines in a file: its '\n's, plus one for a last line without one."""
-    lines, last = 0, b"\n"
-    try:
-        with _open(path) as file:
-            while block := file.read(_BLOCK_BYTES):
-                lines, last = lines + block.count(b"\n"), block[-1:]
-    except (OSError, EOFError) as error:  # a gzip file cut short or not gzip at all
-        raise EncdecError(f"{path}: cannot read ({error}); replace it with a good copy") from None
-    return lines + (last != b"\n")
-
-
-def read_lines(path: Path) -> Iterator[str]:
-    """The file's lines, decoded; a line that is not UTF-8 is an error naming its number."""
-    with _open(path) as file:
-        for number, raw in enumerate(file, start=1):
-            try:
-                yield raw.decode("utf-8").removesuffix("\n").removesuffix("\r")
-            except UnicodeDecodeError as error:
-                raise EncdecError(
-                    f"{path}:{number}: not valid UTF-8 ({error.reason}); re-encode it as UTF-8"
-                ) from None
-
-
 def _parallel_chunks(src_path: Path, trg_path: Path, size: int) -> Iterator[Chunk]:
-    return _chunked(zip(read_lines(src_path), read_lines(trg_path), strict=True), size)
+    return _chunked(zip(data.lines_of(src_path), data.lines_of(trg_path), strict=True), size)
 
 
 def _tsv_chunks(path: Path, size: int) -> Iterator[Chunk]:
-    lines = enumerate(read_lines(path), start=1)
+    lines = enumerate(data.lines_of(path), start=1)
     return _chunked((data.split_tsv_line(line, path, number) for number, line in lines), size)
 
 
