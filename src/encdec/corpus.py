@@ -15,7 +15,7 @@ from encdec import data
 from encdec.config import DataConfig
 from encdec.pair_ids import PairIds
 from encdec.prepare import write_prepared
-from encdec.prepared import load_prepared
+from encdec.prepared import PreparedCorpus, load_prepared, read_prepared
 from encdec.splits import split_sources
 from encdec.tokenize import Tokenizer, tokenizer_pair
 from encdec.vocab import Vocab
@@ -50,14 +50,13 @@ def read_splits(config: DataConfig) -> dict[str, list[data.Pair]]:
 def build_corpus(config: DataConfig) -> Corpus:
     """The splits as ids with their vocabularies, from data.prepared or prepared here."""
     if config.prepared is not None:
-        return _corpus(config, config.prepared, in_memory=False)
+        return _corpus(config, load_prepared(config.prepared, config))
     with tempfile.TemporaryDirectory(prefix="encdec-corpus-") as scratch:
-        write_prepared(config, split_sources(config), Path(scratch), workers=1)
-        return _corpus(config, scratch, in_memory=True)
+        manifest = write_prepared(config, split_sources(config), Path(scratch), workers=1)
+        return _corpus(config, read_prepared(Path(scratch), manifest, config, in_memory=True))
 
 
-def _corpus(config: DataConfig, folder: str | Path, in_memory: bool) -> Corpus:
-    prepared = load_prepared(folder, config, in_memory)
+def _corpus(config: DataConfig, prepared: PreparedCorpus) -> Corpus:
     src_tokenizer, trg_tokenizer = tokenizer_pair(config, prepared.subwords)
     return Corpus(
         prepared.texts,

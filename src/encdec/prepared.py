@@ -126,7 +126,12 @@ def split_texts(folder: str | Path, split: str) -> list[data.Pair]:
         )
     names = [f"{split}.{side}.txt" for side in SIDES]
     check_files({name: manifest["files"][name] for name in names}, folder)
-    return list(zip(*(data.read_lines(folder / name) for name in names)))
+    return _text(folder, split)
+
+
+def _text(folder: Path, split: str) -> list[data.Pair]:
+    """The pairs of a split kept as text (valid and test)."""
+    return list(zip(*(data.read_lines(folder / f"{split}.{side}.txt") for side in SIDES)))
 
 
 def _array(path: Path, in_memory: bool) -> np.ndarray:
@@ -139,14 +144,20 @@ def _array(path: Path, in_memory: bool) -> np.ndarray:
         return np.load(path)
 
 
-def load_prepared(
-    folder: str | Path, config: DataConfig, in_memory: bool = False
-) -> PreparedCorpus:
-    """The corpus in `folder`, checked; arrays mapped from disk unless `in_memory`."""
+def load_prepared(folder: str | Path, config: DataConfig) -> PreparedCorpus:
+    """The corpus in `folder`, checked against its manifest, its arrays mapped from disk."""
     folder = Path(folder)
     manifest = read_manifest(folder)
     check_settings(manifest, config, folder)
     check_files(manifest["files"], folder)
+    return read_prepared(folder, manifest, config, in_memory=False)
+
+
+def read_prepared(
+    folder: Path, manifest: dict, config: DataConfig, in_memory: bool
+) -> PreparedCorpus:
+    """What `folder` holds, as `manifest` lists it, without checking it again (for a folder this
+    process has just written); arrays read into memory, or mapped."""
 
     def sentences(split: str, side: str) -> Sentences:
         ids, offsets = (folder / f"{split}.{side}.{part}.npy" for part in ("ids", "offsets"))
@@ -158,11 +169,7 @@ def load_prepared(
         )
         for split in manifest["pairs"]
     }
-    texts = {
-        split: list(zip(*(data.read_lines(folder / f"{split}.{side}.txt") for side in SIDES)))
-        for split in manifest["pairs"]
-        if split != "train"
-    }
+    texts = {split: _text(folder, split) for split in manifest["pairs"] if split != "train"}
     itos = json.loads((folder / VOCABULARIES).read_text(encoding="utf-8"))
     subwords = tuple(
         Subwords((folder / f"{side}_subwords.json").read_text(encoding="utf-8"))
